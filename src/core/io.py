@@ -1,0 +1,74 @@
+"""Atomic file writes: a reader never sees a half-written file.
+
+Everything podium writes that a later process trusts (metrics, manifests, folds, caches,
+checkpoints) goes through here: write to a temporary sibling, flush, fsync, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: The final destination. Its parent folder is created if needed.
+
+    Yields:
+        A path in the same folder to write the content to.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically and return the path."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_fingerprint(paths: list[Path], extra: str = "") -> str:
+    """A cheap content fingerprint of files: sha256 over names, sizes and mtimes (ns).
+
+    Args:
+        paths: The files to fingerprint, in a stable order.
+        extra: Any string that should also change the fingerprint (for example settings).
+
+    Returns:
+        A 16-character hex digest.
+    """
+    import hashlib
+
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,125 @@
+"""MLflow wiring: one store per repository at ``<root>/mlruns`` (SQLite + artifact folder)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+MAX_PARAM_CHARS = 6000
+
+
+def tracking_uri(store_dir: str | Path) -> str:
+    """The SQLite tracking URI of the store at ``store_dir``."""
+    return f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(store_dir: str | Path) -> str:
+    return (Path(store_dir).resolve() / "artifacts").as_uri()
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested mapping into ``a.b.c -> str(value)`` MLflow params (lists kept whole)."""
+    flat: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_CHARS]
+    return flat
+
+
+class PodiumMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger bound to the run directory.
+
+    Reuses the MLflow run id recorded in the run directory's ``manifest.json`` (so a resumed run
+    logs into the same MLflow run), logs params without clashing with those already logged, and
+    uploads the run directory's files as artifacts at the end.
+
+    Args:
+        store_dir: The MLflow store folder (``<root>/mlruns``).
+        experiment_name: MLflow experiment (the experiment config's name).
+        run_name: MLflow run name (the run directory's name).
+        manifest_path: The run directory's ``manifest.json``.
+        tags: Extra run tags.
+        log_checkpoints: Also upload ``checkpoints/`` as artifacts.
+    """
+
+    def __init__(
+        self,
+        store_dir: str,
+        experiment_name: str,
+        run_name: str,
+        manifest_path: str | None = None,
+        tags: Iterable[str] | Mapping[str, Any] | None = None,
+        log_checkpoints: bool = False,
+    ) -> None:
+        Path(store_dir).mkdir(parents=True, exist_ok=True)
+        run_id = None
+        if manifest_path and Path(manifest_path).is_file():
+            try:
+                run_id = json.loads(Path(manifest_path).read_text()).get("mlflow_run_id")
+            except json.JSONDecodeError:
+                run_id = None
+        if tags is not None and not isinstance(tags, Mapping):
+            tags = {str(t): "true" for t in tags}
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name,
+            tracking_uri=tracking_uri(store_dir),
+            tags=dict(tags or {}),
+            artifact_location=artifact_root(store_dir),
+            run_id=run_id,
+        )
+        self.log_checkpoints = log_checkpoints
+
+    @property
+    @override
+    def experiment(self) -> Any:
+        # Several processes may create the same experiment at once; the losers of that race
+        # see a unique-constraint error and simply look the experiment up again.
+        for attempt in range(5):
+            try:
+                return super().experiment
+            except Exception as exc:  # noqa: BLE001 - MLflow raises several store errors here
+                if attempt == 4 or "UNIQUE" not in str(exc).upper():
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @override
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        """Log params not yet on the run (a resumed run already has them)."""
+        if not isinstance(params, Mapping):
+            params = vars(params)
+        existing = self.experiment.get_run(self.run_id).data.params
+        fresh = {k: v for k, v in flatten(params).items() if k not in existing}
+        if fresh:
+            super().log_hyperparams(fresh)
+
+    @rank_zero_only
+    def log_run_dir(self, run_dir: str | Path) -> None:
+        """Upload the run directory's files as artifacts (checkpoints only if configured)."""
+        run_dir = Path(run_dir)
+        for path in sorted(run_dir.rglob("*")):
+            rel = path.relative_to(run_dir)
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if rel.parts[0] == "checkpoints" and not self.log_checkpoints:
+                continue
+            if rel.parts[0] in {"csv"} or (len(rel.parts) > 1 and rel.parts[0].startswith(".")):
+                continue
+            parent = str(rel.parent) if str(rel.parent) != "." else None
+            self.experiment.log_artifact(self.run_id, str(path), artifact_path=parent)
+
+    @rank_zero_only
+    def set_tag(self, key: str, value: str) -> None:
+        self.experiment.set_tag(self.run_id, key, value)

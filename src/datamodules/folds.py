@@ -1,0 +1,120 @@
+"""Folds files: one ``sample_id,fold`` table per dataset and split settings, shared by every model.
+
+The file name carries the split settings (``folds_k{K}_seed{S}_{hash}.csv``) so two settings never
+overwrite each other, and an existing file is read back instead of being recomputed: every model
+of a dataset sees exactly the same split, which is what makes their out-of-fold predictions
+comparable and blendable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from src.core.errors import ConfigError, DataError
+from src.core.io import atomic_path
+
+
+def assign_folds(
+    sample_ids: Sequence[str],
+    n_folds: int,
+    seed: int,
+    labels: Sequence | None = None,
+    groups: Sequence | None = None,
+) -> pd.DataFrame:
+    """Assign each sample to one of ``n_folds`` validation folds.
+
+    Uses scikit-learn's splitters: ``StratifiedGroupKFold`` when labels and groups are given,
+    ``StratifiedKFold`` with labels only, ``GroupKFold`` with groups only, else ``KFold``.
+
+    Args:
+        sample_ids: Unique sample identifiers.
+        n_folds: Number of folds (at least 2).
+        seed: Shuffling seed.
+        labels: Optional class labels to stratify on.
+        groups: Optional group keys; samples of one group always share a fold.
+
+    Returns:
+        A frame with columns ``sample_id`` and ``fold`` in the order of ``sample_ids``.
+    """
+    ids = pd.Series(list(sample_ids), dtype=str)
+    if n_folds < 2 or n_folds > len(ids):
+        raise ConfigError(
+            f"n_folds={n_folds} is out of range for {len(ids)} samples",
+            "set data.n_folds to an integer between 2 and the number of samples",
+        )
+    if ids.duplicated().any():
+        dup = ids[ids.duplicated()].iloc[0]
+        raise DataError(f"sample id {dup!r} appears more than once", "make sample ids unique")
+    x = np.zeros(len(ids))
+    if labels is not None and groups is not None:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(x, np.asarray(labels), np.asarray(groups))
+    elif labels is not None:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(x, np.asarray(labels))
+    elif groups is not None:
+        splits = GroupKFold(n_splits=n_folds).split(x, groups=np.asarray(groups))
+    else:
+        splits = KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x)
+    fold = np.full(len(ids), -1, dtype=np.int64)
+    for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    return pd.DataFrame({"sample_id": ids, "fold": fold})
+
+
+def folds_path(data_dir: Path, n_folds: int, seed: int, ids: Sequence[str], scheme: str) -> Path:
+    """The folds file for a dataset's sample set and split settings."""
+    digest = hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:8]
+    return Path(data_dir) / f"folds_{scheme}_k{n_folds}_seed{seed}_{digest}.csv"
+
+
+def load_or_create_folds(
+    data_dir: Path,
+    sample_ids: Sequence[str],
+    n_folds: int,
+    seed: int,
+    labels: Sequence | None = None,
+    groups: Sequence | None = None,
+) -> pd.DataFrame:
+    """Read the dataset's folds file, writing it first (atomically) if it does not exist yet.
+
+    Args:
+        data_dir: The dataset folder the folds file lives in.
+        sample_ids: The dataset's sample ids.
+        n_folds: Number of folds.
+        seed: Shuffling seed.
+        labels: Optional labels to stratify on.
+        groups: Optional group keys.
+
+    Returns:
+        A frame with ``sample_id`` and ``fold`` aligned to ``sample_ids``.
+    """
+    scheme = ("strat" if labels is not None else "") + ("group" if groups is not None else "")
+    path = folds_path(data_dir, n_folds, seed, sample_ids, scheme or "plain")
+    if not path.exists():
+        folds = assign_folds(sample_ids, n_folds, seed, labels, groups)
+        with atomic_path(path) as tmp:
+            folds.to_csv(tmp, index=False)
+    folds = pd.read_csv(path, dtype={"sample_id": str})
+    if list(folds.columns) != ["sample_id", "fold"] or len(folds) != len(sample_ids):
+        raise DataError(
+            f"folds file {path} does not match the dataset ({len(folds)} rows for "
+            f"{len(sample_ids)} samples, columns {list(folds.columns)})",
+            f"delete {path} so it is written again",
+        )
+    return folds.set_index("sample_id").loc[list(map(str, sample_ids))].reset_index()
+
+
+def check_fold(fold: int, n_folds: int) -> None:
+    """Raise a ConfigError naming ``data.fold`` unless ``0 <= fold < n_folds``."""
+    if not 0 <= int(fold) < int(n_folds):
+        raise ConfigError(
+            f"data.fold={fold} is out of range for data.n_folds={n_folds}",
+            f"pick data.fold in 0..{int(n_folds) - 1}",
+        )
