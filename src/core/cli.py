@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra import compose
@@ -83,5 +86,23 @@ def run_entry(fn: Callable[[DictConfig], Any], cfg: DictConfig, config_name: str
         if err is None:
             raise
         print(f"podium: error: {err}", file=sys.stderr, flush=True)
-        log.error(str(err))
+        _drop_stray_run_dir(cfg)
         sys.exit(err.exit_code)
+
+
+def _drop_stray_run_dir(cfg: DictConfig) -> None:
+    """Remove the folder Hydra made for a run that failed before it recorded anything.
+
+    A run directory without ``manifest.json`` holds only Hydra's own files (``.hydra/``, the
+    job log): nothing a later run could resume from, so a rejected command leaves no trace.
+    """
+    if rank_zero_only.rank != 0:
+        return
+    try:
+        run_dir = Path(cfg.paths.output_dir)
+    except Exception:  # noqa: BLE001 - an unresolvable config has no run directory to clean
+        return
+    if run_dir.is_dir() and not (run_dir / "manifest.json").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only succeeds if the experiment folder is now empty

@@ -110,10 +110,13 @@ def _start_records(
 
 
 @rank_zero_only
-def _finish_records(run: RunDir, metrics: dict[str, Any], mlf: PodiumMLFlowLogger | None) -> None:
+def _finish_records(
+    run: RunDir, metrics: dict[str, Any], mlf: PodiumMLFlowLogger | None, trainer: pl.Trainer
+) -> None:
     run.write_metrics(metrics)
     manifest = run.manifest()
     manifest["finished_at"] = utc_now()
+    manifest["world_size"] = trainer.world_size
     run.write_manifest(manifest)
     if mlf is not None:
         mlf.log_run_dir(run.path)
@@ -161,11 +164,13 @@ def train(cfg: DictConfig) -> float | None:
         rank_zero_only(log.info)(f"resuming {run.path} from {run.last_ckpt}")
 
     resume_from = str(run.last_ckpt) if state is RunState.RESUMABLE else None
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    # The run's own checkpoints hold its hyper-parameters (partial optimizers), so they are
+    # loaded in full rather than weights-only.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
     metrics = _collect(trainer, run)
     if cfg.get("test") and getattr(datamodule, "has_test", False):
         best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=False)
         metrics.update({k: v for k, v in _collect(trainer, run).items() if k.startswith("test/")})
-    _finish_records(run, metrics, mlf)
+    _finish_records(run, metrics, mlf, trainer)
     return _objective(cfg, metrics)

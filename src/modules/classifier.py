@@ -72,7 +72,7 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        self.log("val/samples", self.val_samples.compute())
+        self.log("val/samples", self.val_samples.compute(), sync_dist=True)
         self.val_samples.reset()
 
     @override

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,28 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
+from src.callbacks.reproducibility import epoch_seed
 from src.core.errors import ConfigError, DataError
 from src.datamodules.folds import check_fold, load_or_create_folds
 from src.datamodules.images.augment import build_transform
 from src.datamodules.images.layout import ImageTable, fingerprint, read_split
 
 
+class SeededDistributedSampler(DistributedSampler):
+    """A DistributedSampler that hands each index its own augmentation seed.
+
+    Yields ``(index, seed)`` with ``seed = f(run seed, epoch, index)``, so a sample's augmentation
+    depends on neither the DataLoader worker that loads it, nor the number of processes, nor
+    whether the run was resumed. Lightning calls ``set_epoch`` on it every epoch.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        for index in super().__iter__():
+            yield index, epoch_seed(self.seed, self.epoch, index)
+
+
 class ImageDataset(Dataset):
-    """Images read from disk on access.
+    """Images read from disk on access; ``dataset[(index, seed)]`` augments under that seed.
 
     Args:
         paths: Image files.
@@ -43,7 +57,8 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path = self.paths[index]
         try:
             with Image.open(path) as img:
@@ -52,7 +67,13 @@ class ImageDataset(Dataset):
             raise DataError(
                 f"cannot read image {path}: {exc}", "replace or remove the file"
             ) from exc
-        return {"image": self.transform(image), "label": self.labels[index], "id": self.sample_ids[index]}
+        if seed is None:
+            tensor = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tensor = self.transform(image)
+        return {"image": tensor, "label": self.labels[index], "id": self.sample_ids[index]}
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -190,10 +211,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         world, rank = self._world()
         # A DistributedSampler even on one process: Lightning calls set_epoch on it, which makes
-        # the shuffle a function of (seed, epoch) alone, so a resumed run sees the same order.
-        sampler = DistributedSampler(
-            dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
-        ) if train else None
+        # order and augmentation a function of (seed, epoch) alone, so a resumed run matches.
+        sampler = None
+        if train:
+            sampler = SeededDistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
+            )
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size(),
@@ -204,6 +227,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             persistent_workers=self.hparams.num_workers > 0,
             # A last batch of one breaks batch norm; validation keeps every sample.
             drop_last=train and len(dataset) > self.per_device_batch_size(),
+            # Its own generator: creating an iterator then draws no number from the global RNG,
+            # whose per-epoch state EpochSeed controls.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     @override
