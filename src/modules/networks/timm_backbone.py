@@ -45,10 +45,11 @@ def create_timm_model(
                 f"model.net.pretrained_path={path} does not exist",
                 "point it at a local state-dict file of this timm model",
             )
+        overlay = {"file": str(path), "num_classes": _file_num_classes(model_name, path)}
         return timm.create_model(
             model_name,
             pretrained=True,
-            pretrained_cfg_overlay={"file": str(path)},
+            pretrained_cfg_overlay=overlay,
             num_classes=num_classes,
             in_chans=in_chans,
             **kwargs,
@@ -56,3 +57,25 @@ def create_timm_model(
     return timm.create_model(
         model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
+
+
+def _file_num_classes(model_name: str, path: Path) -> int | None:
+    """Head size stored in a weight file, so timm keeps the head when it matches ``num_classes``.
+
+    timm compares ``num_classes`` with the pretrained config's (ImageNet's 1000) to decide whether
+    to drop the classifier weights; a local file fine-tuned on another task has its own size.
+    """
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    classifiers = cfg.classifier if cfg is not None else None
+    if classifiers is None:
+        return None
+    first = classifiers if isinstance(classifiers, str) else classifiers[0]
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
+        raise ConfigError(
+            f"model.net.pretrained_path={path} is not a readable weight file ({exc})",
+            "save it with torch.save(model.state_dict(), path) or as .safetensors",
+        ) from exc
+    weight = state.get(f"{first}.weight")
+    return int(weight.shape[0]) if weight is not None else cfg.num_classes
