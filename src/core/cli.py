@@ -100,7 +100,7 @@ def _drop_stray_run_dir(cfg: DictConfig) -> None:
         return
     try:
         run_dir = Path(cfg.paths.output_dir)
-    except Exception:  # noqa: BLE001 - an unresolvable config has no run directory to clean
+    except Exception:
         return
     if run_dir.is_dir() and not (run_dir / "manifest.json").exists():
         shutil.rmtree(run_dir, ignore_errors=True)

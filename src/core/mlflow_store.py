@@ -88,7 +88,7 @@ class PodiumMLFlowLogger(MLFlowLogger):
         for attempt in range(5):
             try:
                 return super().experiment
-            except Exception as exc:  # noqa: BLE001 - MLflow raises several store errors here
+            except Exception as exc:
                 if attempt == 4 or "UNIQUE" not in str(exc).upper():
                     raise
                 time.sleep(0.2 * (attempt + 1))

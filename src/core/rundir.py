@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from src.core.errors import RunStateError
 from src.core.io import write_json_atomic
 
 
-class RunState(str, Enum):
+class RunState(StrEnum):
     """Where a run directory stands."""
 
     FRESH = "fresh"

@@ -97,8 +97,13 @@ def _start_records(
     if run.last_ckpt.is_file() and manifest:
         ckpt = torch.load(run.last_ckpt, map_location="cpu", weights_only=False, mmap=True)
         manifest.setdefault("resumes", []).append(
-            {"at": utc_now(), "checkpoint": "checkpoints/last.ckpt", "epoch": ckpt.get("epoch"),
-             "global_step": ckpt.get("global_step"), "command": sys.argv[1:]}
+            {
+                "at": utc_now(),
+                "checkpoint": "checkpoints/last.ckpt",
+                "epoch": ckpt.get("epoch"),
+                "global_step": ckpt.get("global_step"),
+                "command": sys.argv[1:],
+            }
         )
         manifest["mlflow_run_id"] = manifest.get("mlflow_run_id") or run_id
     else:
@@ -110,9 +115,7 @@ def _start_records(
 
 
 @rank_zero_only
-def _finish_records(
-    run: RunDir, metrics: dict[str, Any], mlf: PodiumMLFlowLogger | None, trainer: pl.Trainer
-) -> None:
+def _finish_records(run: RunDir, metrics: dict[str, Any], mlf: PodiumMLFlowLogger | None, trainer: pl.Trainer) -> None:
     run.write_metrics(metrics)
     manifest = run.manifest()
     manifest["finished_at"] = utc_now()

@@ -23,7 +23,7 @@ def warmup_cosine(
         A ``LambdaLR`` to be stepped every optimizer step.
     """
     total = max(1, int(total_steps))
-    warmup = int(round(warmup_fraction * total))
+    warmup = round(warmup_fraction * total)
 
     def factor(step: int) -> float:
         if step < warmup:

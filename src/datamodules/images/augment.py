@@ -39,9 +39,7 @@ PROFILES: dict[str, Callable[[int], list[Callable]]] = {
 }
 
 
-def build_transform(
-    profile: str, image_size: int, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+def build_transform(profile: str, image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Build the named augmentation pipeline.
 
     Args:

@@ -64,9 +64,7 @@ class ImageDataset(Dataset):
             with Image.open(path) as img:
                 image = img.convert(self.mode)
         except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(
-                f"cannot read image {path}: {exc}", "replace or remove the file"
-            ) from exc
+            raise DataError(f"cannot read image {path}: {exc}", "replace or remove the file") from exc
         if seed is None:
             tensor = self.transform(image)
         else:
@@ -176,9 +174,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"but data.num_classes={hp.num_classes}",
                 f"set data.num_classes={len(table.classes)}",
             )
-        folds = load_or_create_folds(
-            self.root, table.sample_ids, hp.n_folds, hp.seed, table.labels, table.groups
-        )["fold"].to_numpy()
+        folds = load_or_create_folds(self.root, table.sample_ids, hp.n_folds, hp.seed, table.labels, table.groups)[
+            "fold"
+        ].to_numpy()
         mode = "L" if hp.in_chans == 1 else "RGB"
         train_tf = build_transform(hp.augment, hp.image_size, hp.mean, hp.std)
         eval_tf = build_transform("none", hp.image_size, hp.mean, hp.std)

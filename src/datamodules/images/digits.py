@@ -24,8 +24,7 @@ def _is_complete(root: Path) -> bool:
         return False
     df = pd.read_csv(csv, dtype=str)
     return len(df) == N_DIGITS and all(
-        (root / "train" / lab / f"{i}.png").is_file()
-        for i, lab in zip(df.image_id, df.label, strict=True)
+        (root / "train" / lab / f"{i}.png").is_file() for i, lab in zip(df.image_id, df.label, strict=True)
     )
 
 

@@ -58,7 +58,7 @@ def _read_csv(csv_path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if missing:
         raise DataError(
             f"{csv_path} lacks column(s) {missing}; it has {list(df.columns)}",
-            f"add the column(s) or set the matching data.*_column option",
+            "add the column(s) or set the matching data.*_column option",
         )
     if df.empty:
         raise DataError(f"{csv_path} has no rows", "add one row per image")

@@ -54,9 +54,7 @@ def create_timm_model(
             in_chans=in_chans,
             **kwargs,
         )
-    return timm.create_model(
-        model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
-    )
+    return timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 def _file_num_classes(model_name: str, path: Path) -> int | None:
@@ -72,7 +70,7 @@ def _file_num_classes(model_name: str, path: Path) -> int | None:
     first = classifiers if isinstance(classifiers, str) else classifiers[0]
     try:
         state = timm.models.load_state_dict(str(path))
-    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
+    except Exception as exc:
         raise ConfigError(
             f"model.net.pretrained_path={path} is not a readable weight file ({exc})",
             "save it with torch.save(model.state_dict(), path) or as .safetensors",

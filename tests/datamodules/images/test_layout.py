@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from src.core.errors import DataError
-from src.datamodules.images.datamodule import ImageFolderDataModule, ImageDataset, SeededDistributedSampler
 from src.datamodules.images.augment import build_transform
+from src.datamodules.images.datamodule import ImageDataset, ImageFolderDataModule, SeededDistributedSampler
 
 FRUITS = [f"fruit{i:02d}" for i in range(15)]
 
