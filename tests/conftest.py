@@ -37,7 +37,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def root(tmp_path: Path, data_dir: Path) -> Path:
     """A project root for one test: its own outputs/ and mlruns/, the shared data/."""
-    (tmp_path / "data").symlink_to(data_dir, target_is_directory=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "digits").symlink_to(data_dir / "digits", target_is_directory=True)
     return tmp_path
 
 

@@ -11,8 +11,22 @@ from hydra.utils import instantiate
 from src.core.config import available
 from src.core.training import instantiate_group, train
 from tests.conftest import compose_cfg, read_metrics
+from tests.datamodules.images.test_layout import make_fruit_set
 
 EXPERIMENTS = available("experiment")
+
+
+def _fruits(root: Path) -> list[str]:
+    make_fruit_set(root / "data" / "fruits")
+    return ["data.name=fruits", "data.num_classes=15", "data.group_column=plu", "data.image_size=32"]
+
+
+# Experiments over a user's own data get a small dataset of that shape.
+USER_DATA = {"image_folder": _fruits}
+
+
+def overrides_for(name: str, root: Path) -> list[str]:
+    return [f"experiment={name}", *USER_DATA.get(name, lambda r: [])(root)]
 
 
 def test_there_are_experiments() -> None:
@@ -21,9 +35,9 @@ def test_there_are_experiments() -> None:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(name: str, root: Path) -> None:
-    cfg = compose_cfg([f"experiment={name}"], root)
+    cfg = compose_cfg(overrides_for(name, root), root)
     assert cfg.experiment_name == name
-    assert cfg.paths.output_dir == str(root / "outputs" / name / "default")
+    assert cfg.paths.output_dir.startswith(str(root / "outputs" / name))
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     callbacks = instantiate_group(cfg.callbacks)
@@ -36,7 +50,7 @@ def test_experiment_composes_and_instantiates(name: str, root: Path) -> None:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_fast_dev_run(name: str, root: Path) -> None:
-    cfg = compose_cfg([f"experiment={name}", "debug=fdr"], root)
+    cfg = compose_cfg([*overrides_for(name, root), "debug=fdr"], root)
     train(cfg)
     metrics = read_metrics(Path(cfg.paths.output_dir))
     losses = [v for k, v in metrics.items() if k.startswith("train/loss")]
