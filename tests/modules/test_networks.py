@@ -59,4 +59,4 @@ def test_warmup_cosine_shape() -> None:
         opt.step()
         sched.step()
     assert lrs[0] < lrs[5] < lrs[10] and abs(max(lrs) - 1.0) < 1e-6
-    assert lrs[-1] < 0.01 and all(a >= b for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in itertools.pairwise(lrs[10:]))
