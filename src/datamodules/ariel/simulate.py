@@ -1,0 +1,257 @@
+"""Write a toy Ariel dataset in the competition layout: ``python -m src.datamodules.ariel.simulate``.
+
+    python -m src.datamodules.ariel.simulate --out data/ariel_toy --planets 16 --seed 0
+
+Full frame geometry (FGS1 32x32, AIRS-CH0 32x356 per parquet row), fewer frames (by default 60
+AIRS and 720 FGS1 read pairs per visit over 7.5 h). Deterministic per seed; planet ``k`` draws
+from ``default_rng([seed, k])`` so adding planets does not change the first ones.
+
+Besides the competition files it writes ``<out>/truth/<split>/<planet_id>_<visit>.npz``, for tests
+only: the noiseless stellar electrons per read difference that calibration should recover
+(``airs_flux`` (pairs, 282) in label order, ``fgs1_flux`` (pairs,)), their times, the injected
+depths and the orbit. Nothing in the datamodule reads ``truth/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from src.core.errors import ConfigError
+from src.datamodules.ariel import forward as fw
+from src.datamodules.ariel.forward import SimConfig
+from src.datamodules.ariel.layout import AIRS, FGS1, INSTRUMENTS, ArielLayout, get_edition
+from src.datamodules.ariel.tables import WL_COLUMNS
+
+
+def write_matrix(path: Path, values: np.ndarray, fast: bool = False) -> None:
+    """Write a 2-D array as a parquet table, one column per array column (named "0", "1", ...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [pa.array(values[:, j]) for j in range(values.shape[1])]
+    table = pa.Table.from_arrays(columns, names=[str(j) for j in range(values.shape[1])])
+    # Wide signal tables write 2x faster without statistics and dictionaries; readers don't care.
+    pq.write_table(table, path, use_dictionary=not fast, write_statistics=not fast)
+
+
+def _times(cfg: SimConfig, instrument: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read times and read-pair mid-times (hours) of one instrument."""
+    pairs = cfg.airs_pairs if instrument == AIRS else cfg.fgs1_pairs
+    first, between = cfg.integration_s[instrument]
+    start = np.arange(pairs) * cfg.hours / pairs
+    reads = np.empty(2 * pairs)
+    reads[0::2], reads[1::2] = start + first / 3600, start + (first + between) / 3600
+    return reads, 0.5 * (reads[0::2] + reads[1::2])
+
+
+def _instrument_rate(
+    rng: np.random.Generator, cfg: SimConfig, instrument: str, system: fw.System, depths: np.ndarray
+) -> np.ndarray:
+    """Noiseless stellar rate per pixel (e-/s, before flat) of one instrument over its pairs."""
+    _, mid = _times(cfg, instrument)
+    jitter = rng.normal(0.0, cfg.jitter_px, (len(mid), 2))
+    if instrument == AIRS:
+        wl = fw.airs_wavelengths()
+        depth = np.interp(wl, fw.label_wavelengths()[1:], depths[1:])
+        lc = fw.transit_curves(system, mid, depth, wl) * fw.drift_factor(system, mid, cfg.hours, wl)
+        return fw.airs_star_rate(system, cfg, lc, jitter, 15.5 + rng.uniform(-0.3, 0.3))
+    wl = np.array([fw.FGS1_WAVELENGTH_UM])
+    lc = fw.transit_curves(system, mid, depths[:1], wl) * fw.drift_factor(system, mid, cfg.hours, wl)
+    centre = (15.5 + rng.uniform(-0.3, 0.3), 15.5 + rng.uniform(-0.3, 0.3))
+    return fw.fgs1_star_rate(system, cfg, lc[:, 0], jitter, centre)
+
+
+def simulate_visit(
+    layout: ArielLayout,
+    split: str,
+    planet_id: int,
+    visit: int,
+    rng: np.random.Generator,
+    cfg: SimConfig,
+    system: fw.System,
+    depths: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Write one visit's signal and calibration files; return its noiseless truth arrays."""
+    truth: dict[str, np.ndarray] = {}
+    for inst in INSTRUMENTS:
+        star = _instrument_rate(rng, cfg, inst, system, depths)
+        det = fw.draw_detector(rng, cfg, inst)
+        rate = (star + cfg.foreground[inst]) * det["flat"]
+        raw = fw.expose(rng, rate, det, cfg.integration_s[inst], cfg.adc[inst])
+        write_matrix(layout.signal(split, planet_id, inst, visit), raw.reshape(len(raw), -1), fast=True)
+        for name in ("dark", "dead", "flat", "read"):
+            write_matrix(layout.calibration(split, planet_id, inst, name, visit), det[name])
+        lin = det["linear_corr"].reshape(-1, det["linear_corr"].shape[-1])
+        write_matrix(layout.calibration(split, planet_id, inst, "linear_corr", visit), lin)
+        electrons = star * cfg.integration_s[inst][1]
+        key = "airs" if inst == AIRS else "fgs1"
+        if inst == AIRS:
+            cols = slice(fw.AIRS_COLUMNS[0], fw.AIRS_COLUMNS[1])
+            truth[f"{key}_flux"] = electrons.sum(axis=1)[:, cols][:, ::-1]
+        else:
+            truth[f"{key}_flux"] = electrons.sum(axis=(1, 2))
+        truth[f"{key}_time"] = _times(cfg, inst)[1]
+    return truth
+
+
+def simulate_planet(
+    layout: ArielLayout, split: str, planet_id: int, rng: np.random.Generator, cfg: SimConfig
+) -> tuple[fw.System, np.ndarray]:
+    """Draw one planet, write all its visits and truth files; return its system and depths."""
+    wl = fw.label_wavelengths()
+    depths = fw.draw_spectrum(rng, wl)
+    system = fw.draw_system(rng, cfg.hours, float(np.sqrt(depths.mean())))
+    for visit in range(cfg.visits):
+        truth = simulate_visit(layout, split, planet_id, visit, rng, cfg, system, depths)
+        path = layout.root / "truth" / split / f"{planet_id}_{visit}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            depths=depths,
+            wavelengths=wl,
+            t0_h=system.t0_h,
+            per_d=system.P,
+            a_rs=system.a_rs,
+            inc_deg=system.i,
+            u_fgs1=fw.limb_darkening(wl[:1])[0],
+            **truth,
+        )
+    return system, depths
+
+
+def _write_axis_info(layout: ArielLayout, cfg: SimConfig) -> None:
+    airs_t, _ = _times(cfg, AIRS)
+    fgs_t, _ = _times(cfg, FGS1)
+    columns = {
+        f"{AIRS}-axis0-h": airs_t,
+        f"{AIRS}-axis2-um": fw.airs_wavelengths(),
+        f"{AIRS}-integration_time": np.tile(cfg.integration_s[AIRS], cfg.airs_pairs),
+        f"{FGS1}-axis0-h": fgs_t,
+    }
+    n = max(len(v) for v in columns.values())
+    padded = {k: np.concatenate([v, np.full(n - len(v), np.nan)]) for k, v in columns.items()}
+    pq.write_table(pa.table(padded), layout.axis_info)
+
+
+def _adc_row(cfg: SimConfig) -> dict[str, float]:
+    row = {}
+    for inst in INSTRUMENTS:
+        row[f"{inst}_adc_offset"], row[f"{inst}_adc_gain"] = cfg.adc[inst][1], cfg.adc[inst][0]
+    return row
+
+
+def _write_tables(layout: ArielLayout, cfg: SimConfig, planets: dict[str, list]) -> None:
+    """Labels, star info, ADC, axis info, wavelengths and the sample submission."""
+    wl = fw.label_wavelengths()
+    ids = {s: [p[0] for p in planets[s]] for s in planets}
+    labels = pd.DataFrame([d for _, _, d in planets["train"]], columns=list(WL_COLUMNS))
+    labels.insert(0, "planet_id", ids["train"])
+    labels.to_csv(layout.labels, index=False)
+    for split, rows in planets.items():
+        if layout.edition.has_star_info:
+            info = pd.DataFrame([s.star_info() for _, s, _ in rows])
+            info.insert(0, "planet_id", ids[split])
+            info.to_csv(layout.star_info(split), index=False)
+        if layout.edition.per_planet_adc:
+            adc = pd.DataFrame([{"planet_id": p, **_adc_row(cfg), "star": k} for k, p in enumerate(ids[split])])
+            adc.to_csv(layout.adc(split), index=False)
+    if not layout.edition.per_planet_adc:
+        pd.DataFrame([_adc_row(cfg)]).to_csv(layout.adc("train"), index=False)
+    _write_axis_info(layout, cfg)
+    pd.DataFrame([wl], columns=list(WL_COLUMNS)).to_csv(layout.wavelengths, index=False)
+    sub = pd.DataFrame(
+        {
+            "planet_id": ids["test"],
+            **{c: 0.01 for c in WL_COLUMNS},
+            **{f"sigma_{k}": 1e-3 for k in range(1, len(wl) + 1)},
+        }
+    )
+    sub.to_csv(layout.sample_submission, index=False)
+
+
+def simulate_dataset(
+    out: str | Path, planets: int, seed: int, test_planets: int = 1, cfg: SimConfig | None = None
+) -> Path:
+    """Write a complete toy dataset to ``out`` (atomically: a finished folder or none).
+
+    Args:
+        out: Destination folder; must not exist yet.
+        planets: Training planets (with labels).
+        seed: Random seed; the same seed writes the same data.
+        test_planets: Test planets (no labels).
+        cfg: Simulator settings (defaults: toy scale).
+
+    Returns:
+        The dataset folder.
+    """
+    cfg = cfg or SimConfig()
+    out = Path(out)
+    if planets < 1 or test_planets < 0:
+        raise ConfigError(f"planets={planets}, test_planets={test_planets}", "use planets >= 1, test_planets >= 0")
+    if out.exists():
+        raise ConfigError(f"simulator output folder {out} already exists", "delete it or pick another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        layout = ArielLayout(tmp, get_edition(cfg.edition))
+        ids = _planet_ids(seed, planets + test_planets)
+        split_of = ["train"] * planets + ["test"] * test_planets
+        done: dict[str, list] = {"train": [], "test": []}
+        for k, (pid, split) in enumerate(zip(ids, split_of, strict=True)):
+            system, depths = simulate_planet(layout, split, pid, np.random.default_rng([seed, k]), cfg)
+            done[split].append((pid, system, depths))
+        _write_tables(layout, cfg, done)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _planet_ids(seed: int, n: int) -> list[int]:
+    """``n`` distinct planet ids drawn from the seed (like the competition's integer ids)."""
+    rng = np.random.default_rng([seed, 2**31 - 1])
+    ids: list[int] = []
+    while len(ids) < n:
+        ids = list(dict.fromkeys([*ids, *map(int, rng.integers(10_000, 2_000_000_000, n))]))[:n]
+    return ids
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point; prints where the dataset went and how long it took."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="destination folder (must not exist)")
+    p.add_argument("--planets", type=int, default=16, help="training planets")
+    p.add_argument("--test-planets", type=int, default=4, help="test planets")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--airs-pairs", type=int, default=SimConfig.airs_pairs)
+    p.add_argument("--fgs1-pairs", type=int, default=SimConfig.fgs1_pairs)
+    p.add_argument("--hours", type=float, default=SimConfig.hours)
+    p.add_argument("--visits", type=int, default=SimConfig.visits)
+    p.add_argument("--edition", choices=["2025", "2024"], default=SimConfig.edition)
+    args = p.parse_args(argv)
+    cfg = replace(
+        SimConfig(),
+        airs_pairs=args.airs_pairs,
+        fgs1_pairs=args.fgs1_pairs,
+        hours=args.hours,
+        visits=args.visits,
+        edition=args.edition,
+    )
+    start = time.perf_counter()
+    simulate_dataset(args.out, args.planets, args.seed, args.test_planets, cfg)
+    n = args.planets + args.test_planets
+    elapsed = time.perf_counter() - start
+    print(f"wrote {n} planets to {args.out} in {elapsed:.1f} s ({elapsed / n:.2f} s per planet)")
+
+
+if __name__ == "__main__":
+    main()
