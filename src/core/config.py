@@ -48,6 +48,14 @@ def _compatible(default: Any, new: Any) -> bool:
     return True  # strings accept numbers: a run name or path may be all digits
 
 
+def _groups() -> set[str]:
+    """Config groups: Hydra's current choices plus every folder of configs/ (multi-select
+    groups such as ``callbacks=[default,ema]`` do not appear among the choices)."""
+    choices = set(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else set()
+    folders = {str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*") if p.is_dir()}
+    return choices | folders
+
+
 def check_override_types(cfg: DictConfig, base: DictConfig, overrides: list[str]) -> None:
     """Reject value overrides whose type does not match the config's own value.
 
@@ -60,10 +68,10 @@ def check_override_types(cfg: DictConfig, base: DictConfig, overrides: list[str]
     Raises:
         ConfigError: Naming the key, the expected type and the default value.
     """
-    choices = set(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else set()
+    groups = _groups()
     for ov in OverridesParser.create().parse_overrides(overrides):
         key = ov.key_or_group
-        if ov.is_delete() or key in choices or key.startswith("hydra") or ov.is_sweep_override():
+        if ov.is_delete() or key in groups or key.startswith("hydra") or ov.is_sweep_override():
             continue
         node_parent, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(base, node_parent) if node_parent else base
@@ -87,9 +95,9 @@ def task_overrides() -> list[str]:
 
 def group_overrides(overrides: list[str]) -> list[str]:
     """The overrides that pick configs of a group (``experiment=digits``, ``trainer=cpu``)."""
-    choices = set(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else set()
+    groups = _groups()
     parsed = OverridesParser.create().parse_overrides(overrides)
-    return [o.input_line for o in parsed if o.key_or_group in choices]
+    return [o.input_line for o in parsed if o.key_or_group in groups]
 
 
 def print_config_tree(cfg: DictConfig) -> None:

@@ -50,6 +50,7 @@ class PodiumMLFlowLogger(MLFlowLogger):
         manifest_path: The run directory's ``manifest.json``.
         tags: Extra run tags.
         log_checkpoints: Also upload ``checkpoints/`` as artifacts.
+        parent_run_id: Nest this run under a parent run (cross-validation folds).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class PodiumMLFlowLogger(MLFlowLogger):
         manifest_path: str | None = None,
         tags: Iterable[str] | Mapping[str, Any] | None = None,
         log_checkpoints: bool = False,
+        parent_run_id: str | None = None,
     ) -> None:
         Path(store_dir).mkdir(parents=True, exist_ok=True)
         run_id = None
@@ -70,11 +72,14 @@ class PodiumMLFlowLogger(MLFlowLogger):
                 run_id = None
         if tags is not None and not isinstance(tags, Mapping):
             tags = {str(t): "true" for t in tags}
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
             tracking_uri=tracking_uri(store_dir),
-            tags=dict(tags or {}),
+            tags=tags,
             artifact_location=artifact_root(store_dir),
             run_id=run_id,
         )

@@ -1,17 +1,26 @@
-"""LightningModule for image classification around any ``nn.Module`` (a timm model by default)."""
+"""LightningModule for image classification around any ``nn.Module`` (a timm model by default).
+
+The competition recipe lives here as switches: label smoothing, class weights, mixup/cutmix
+(timm's ``Mixup``) with an off-epoch, SAM, channels_last. EMA and SWA are Lightning callbacks
+(``configs/callbacks/ema.yaml``, ``swa.yaml``); the sampler is the datamodule's.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
 from torch import nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
+
+from src.core.errors import ConfigError
+from src.modules.sam import frozen_bn_stats, sam_ascend, sam_descend
 
 
 class ImageClassifier(pl.LightningModule):
@@ -24,6 +33,16 @@ class ImageClassifier(pl.LightningModule):
             stepped every optimizer step.
         num_classes: Number of classes.
         label_smoothing: Cross-entropy label smoothing in [0, 1).
+        class_weights: None, ``"balanced"`` (n / (C · count_c) from the training split) or one
+            weight per class.
+        mixup: None, or ``timm.data.Mixup`` arguments (``mixup_alpha``, ``cutmix_alpha``,
+            ``prob``, ``switch_prob``, ``mode``); needs an even per-device batch size.
+        mixup_off_epoch: Epoch from which mixup/cutmix is switched off (clean final epochs).
+        sam_rho: SAM neighbourhood radius; 0 trains with the plain optimizer.
+        sam_adaptive: ASAM (element-wise scaled perturbation).
+        grad_clip: Gradient-norm clip used on the SAM path (the Trainer's ``gradient_clip_val``
+            applies otherwise).
+        channels_last: Run the network in channels-last memory format.
     """
 
     def __init__(
@@ -33,33 +52,111 @@ class ImageClassifier(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         num_classes: int = 10,
         label_smoothing: float = 0.0,
+        class_weights: str | Sequence[float] | None = None,
+        mixup: dict[str, Any] | None = None,
+        mixup_off_epoch: int | None = None,
+        sam_rho: float = 0.0,
+        sam_adaptive: bool = False,
+        grad_clip: float | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net"])
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.automatic_optimization = sam_rho <= 0
+        self.mixup = Mixup(**dict(mixup), label_smoothing=label_smoothing, num_classes=num_classes) if mixup else None
+        # A plain attribute, not a buffer: weight averaging (EMA/SWA) copies the module before
+        # setup() fills in "balanced" weights, and buffer lists must match between the copies.
+        self._class_weight = self._static_weights(class_weights, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         # Samples seen by validation across all processes: proves metrics are synced under DDP.
         self.val_samples = SumMetric()
 
+    @staticmethod
+    def _static_weights(class_weights: Any, num_classes: int) -> torch.Tensor | None:
+        if class_weights is None or class_weights == "balanced":
+            return None
+        weights = torch.as_tensor(list(class_weights), dtype=torch.float32)
+        if weights.numel() != num_classes or (weights <= 0).any():
+            raise ConfigError(
+                f"model.class_weights has {weights.numel()} values for {num_classes} classes",
+                "give one positive weight per class, or 'balanced'",
+            )
+        return weights
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.hparams.class_weights == "balanced" and stage == "fit":
+            counts = torch.as_tensor(self.trainer.datamodule.class_counts(), dtype=torch.float32)
+            self._class_weight = counts.sum() / (len(counts) * counts.clamp(min=1))
+
+    @property
+    def class_weight(self) -> torch.Tensor | None:
+        """Cross-entropy class weights on the module's device (None: unweighted)."""
+        w = self._class_weight
+        return None if w is None else w.to(self.device)
+
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(
+            logits, batch["label"], weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
+        )
         return loss, logits
+
+    def _mixing(self) -> bool:
+        off = self.hparams.mixup_off_epoch
+        return self.mixup is not None and (off is None or self.current_epoch < off)
+
+    def _train_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(images)
+        if targets.dtype.is_floating_point:  # soft targets from mixup/cutmix (smoothing included)
+            return F.cross_entropy(logits, targets, weight=self.class_weight), logits
+        smoothing = self.hparams.label_smoothing
+        return F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=smoothing), logits
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, logits = self._loss(batch)
-        self.train_acc(logits, batch["label"])
-        n = batch["label"].shape[0]
+        images, labels = batch["image"], batch["label"]
+        targets = labels
+        if self._mixing():
+            images, targets = self.mixup(images, labels)
+        if self.automatic_optimization:
+            loss, logits = self._train_loss(images, targets)
+        else:
+            loss, logits = self._sam_step(images, targets)
+        self.train_acc(logits.detach(), labels)
+        n = labels.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def _sam_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SAM update: two forward/backward passes, BN statistics updated by the first only."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss, logits = self._train_loss(images, targets)
+        self.manual_backward(loss)
+        moves = sam_ascend(self.parameters(), self.hparams.sam_rho, self.hparams.sam_adaptive)
+        optimizer.zero_grad()
+        with frozen_bn_stats(self.net):
+            perturbed, _ = self._train_loss(images, targets)
+        self.manual_backward(perturbed)
+        sam_descend(moves)
+        if self.hparams.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return loss.detach(), logits
 
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -88,6 +185,21 @@ class ImageClassifier(pl.LightningModule):
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return {"id": batch["id"], "probs": self(batch["image"]).softmax(dim=-1)}
+
+    @torch.no_grad()
+    def evaluate(self, loader: Any) -> dict[str, float]:
+        """Unweighted loss and accuracy over a loader, outside the Trainer (e.g. SWA selection)."""
+        was_training = self.training
+        self.eval()
+        total, correct, loss_sum = 0, 0, 0.0
+        for batch in loader:
+            images, labels = batch["image"].to(self.device), batch["label"].to(self.device)
+            logits = self(images)
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=-1) == labels).sum())
+            total += labels.shape[0]
+        self.train(was_training)
+        return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
 
     @override
     def configure_optimizers(self) -> Any:

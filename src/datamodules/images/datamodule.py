@@ -32,6 +32,32 @@ class SeededDistributedSampler(DistributedSampler):
             yield index, epoch_seed(self.seed, self.epoch, index)
 
 
+class SeededWeightedSampler(SeededDistributedSampler):
+    """Class-balanced sampling with replacement (``WeightedRandomSampler``'s rule), per process.
+
+    Each epoch draws ``len(dataset)`` indices with probability proportional to ``weights`` from
+    a generator seeded by (seed, epoch), then gives every process its share; each index again
+    carries its own augmentation seed.
+
+    Args:
+        dataset: The training dataset.
+        weights: One non-negative weight per sample (``1 / count[label]`` balances classes).
+        num_replicas: Number of processes.
+        rank: This process's rank.
+        seed: Run seed.
+    """
+
+    def __init__(self, dataset: Dataset, weights: Sequence[float], num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
+        for index in drawn[self.rank : self.total_size : self.num_replicas]:
+            yield index, epoch_seed(self.seed, self.epoch, index)
+
+
 class ImageDataset(Dataset):
     """Images read from disk on access; ``dataset[(index, seed)]`` augments under that seed.
 
@@ -97,6 +123,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         mean: Normalisation mean per channel (pixel values in [0, 1]).
         std: Normalisation std per channel.
         augment: Training augmentation profile (see ``augment.PROFILES``).
+        sampler: ``shuffle`` (each sample once per epoch) or ``weighted`` (class-balanced draws
+            with replacement, ``WeightedRandomSampler``'s rule).
         pin_memory: Pin host memory for faster GPU transfer.
     """
 
@@ -118,6 +146,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: str = "none",
+        sampler: str = "shuffle",
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
@@ -129,6 +158,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"data.mean/data.std have {len(mean)}/{len(std)} values for in_chans={in_chans}",
                 "give one mean and one std per channel",
             )
+        if sampler not in {"shuffle", "weighted"}:
+            raise ConfigError(f"data.sampler={sampler!r} is not a sampler", "use 'shuffle' or 'weighted'")
         self.save_hyperparameters(logger=False, ignore=["prepare"])
         self.root = Path(root)
         self.name = name or self.root.name
@@ -192,6 +223,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
             test = read_split(self.root, "test", hp.label_column, None, classes=table.classes)
             self.test_set = ImageDataset(test.paths, test.labels, test.sample_ids, eval_tf, mode)
 
+    def class_counts(self) -> list[int]:
+        """Training-split samples per class (after ``setup``)."""
+        counts = [0] * self.num_classes
+        for label in self.train_set.labels:
+            counts[label] += 1
+        return counts
+
+    def _train_sampler(self, dataset: ImageDataset, world: int, rank: int) -> DistributedSampler:
+        seed = self.hparams.seed
+        if self.hparams.sampler == "weighted":
+            counts = self.class_counts()
+            weights = [1.0 / counts[label] for label in dataset.labels]
+            return SeededWeightedSampler(dataset, weights, num_replicas=world, rank=rank, seed=seed)
+        return SeededDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
@@ -210,11 +256,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         world, rank = self._world()
         # A DistributedSampler even on one process: Lightning calls set_epoch on it, which makes
         # order and augmentation a function of (seed, epoch) alone, so a resumed run matches.
-        sampler = None
-        if train:
-            sampler = SeededDistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
-            )
+        sampler = self._train_sampler(dataset, world, rank) if train else None
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size(),
