@@ -15,6 +15,7 @@ from hydra import compose
 from hydra.errors import InstantiationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from src.core.config import (
     check_override_types,
@@ -100,7 +101,7 @@ def _drop_stray_run_dir(cfg: DictConfig) -> None:
         return
     try:
         run_dir = Path(cfg.paths.output_dir)
-    except Exception:
+    except OmegaConfBaseException:  # an unresolvable config has no run directory to clean
         return
     if run_dir.is_dir() and not (run_dir / "manifest.json").exists():
         shutil.rmtree(run_dir, ignore_errors=True)

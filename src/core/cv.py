@@ -218,7 +218,7 @@ def run_cv(cfg: DictConfig) -> float | None:
     n_folds = int(cfg.data.n_folds)
     missing = [k for k in range(n_folds) if RunDir(fold_dir(parent, k)).state() is not RunState.FINISHED]
     if missing:
-        rank_zero_only(print)(f"podium: folds {missing} of {parent.path} are not finished yet; the parent closes after them")
+        rank_zero_only(print)(f"podium: folds {missing} of {parent.path} are not finished yet; the parent closes then")
         return None
     metrics = close_parent(cfg, parent, run_id) or {}
     rank_zero_only(print)(f"podium: cross-validation finished: {parent.metrics_file}")
