@@ -20,7 +20,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
@@ -45,6 +44,7 @@ from src.datamodules.ariel.tables import (
     read_star_info,
     split_planet_ids,
 )
+from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
 
 #: Calibrated array name -> batch key.
@@ -84,7 +84,7 @@ class ArielDataset(Dataset):
         return {k: v[index] for k, v in self.tensors.items()}
 
 
-class ArielDataModule(pl.LightningDataModule):
+class ArielDataModule(PodiumDataModule):
     """Ariel planets: calibrated FGS1 and AIRS-CH0 light curves, star metadata and depths.
 
     Validation is fold ``fold`` of the training planets (grouped by star where the star is
@@ -323,41 +323,13 @@ class ArielDataModule(pl.LightningDataModule):
 
     # ---- loaders -------------------------------------------------------------------------------
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def per_device_batch_size(self) -> int:
-        """The global ``batch_size`` divided over the processes of the run."""
-        world, _ = self._world()
-        if self.hparams.batch_size % world:
-            raise ConfigError(
-                f"data.batch_size={self.hparams.batch_size} is not divisible by the {world} processes",
-                f"use a multiple of {world}",
-            )
-        return self.hparams.batch_size // world
-
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise DataError(f"no planets for this split under {self.root}", "call setup() / check the dataset")
         world, rank = self._world()
-        # A DistributedSampler even on one process: Lightning calls set_epoch on it, so the
-        # shuffle depends on (seed, epoch) only and a resumed or DDP run sees the same order.
-        sampler = (
-            DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
-            if train
-            else None
-        )
-        return DataLoader(
-            dataset,
-            batch_size=self.per_device_batch_size(),
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.hparams.num_workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=self.hparams.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.hparams.seed),
-        )
+        seed = self.hparams.seed
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed) if train else None
+        return self.make_loader(dataset, sampler)
 
     @override
     def train_dataloader(self) -> DataLoader:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -14,6 +13,7 @@ from typing_extensions import override
 
 from src.callbacks.reproducibility import epoch_seed
 from src.core.errors import ConfigError, DataError
+from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
 from src.datamodules.images.augment import build_transform
 from src.datamodules.images.layout import ImageTable, fingerprint, read_split
@@ -100,7 +100,7 @@ class ImageDataset(Dataset):
         return {"image": tensor, "label": self.labels[index], "id": self.sample_ids[index]}
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(PodiumDataModule):
     """Reads ``<root>/train.csv`` (+ optional ``test.csv``), splits train by the dataset's folds.
 
     Validation is fold ``fold`` of a ``StratifiedGroupKFold`` over label and group, written once
@@ -238,39 +238,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return SeededWeightedSampler(dataset, weights, num_replicas=world, rank=rank, seed=seed)
         return SeededDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def per_device_batch_size(self) -> int:
-        """The global ``batch_size`` divided over the processes of the run."""
-        world, _ = self._world()
-        if self.hparams.batch_size % world:
-            raise ConfigError(
-                f"data.batch_size={self.hparams.batch_size} is not divisible by the {world} processes",
-                f"use a multiple of {world}",
-            )
-        return self.hparams.batch_size // world
-
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         world, rank = self._world()
-        # A DistributedSampler even on one process: Lightning calls set_epoch on it, which makes
-        # order and augmentation a function of (seed, epoch) alone, so a resumed run matches.
         sampler = self._train_sampler(dataset, world, rank) if train else None
-        return DataLoader(
-            dataset,
-            batch_size=self.per_device_batch_size(),
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.hparams.num_workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=self.hparams.num_workers > 0,
-            # A last batch of one breaks batch norm; validation keeps every sample.
-            drop_last=train and len(dataset) > self.per_device_batch_size(),
-            # Its own generator: creating an iterator then draws no number from the global RNG,
-            # whose per-epoch state EpochSeed controls.
-            generator=torch.Generator().manual_seed(self.hparams.seed),
-        )
+        # A last batch of one breaks batch norm; validation keeps every sample.
+        return self.make_loader(dataset, sampler, drop_last=train and len(dataset) > self.per_device_batch_size())
 
     @override
     def train_dataloader(self) -> DataLoader:
