@@ -13,7 +13,6 @@ from typing import Any
 
 from hydra import compose
 from hydra.errors import InstantiationException
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -25,6 +24,7 @@ from src.core.config import (
     task_overrides,
 )
 from src.core.errors import PodiumError
+from src.core.ranks import process_rank
 
 log = logging.getLogger("podium")
 
@@ -53,22 +53,27 @@ def podium_error(exc: BaseException) -> PodiumError | None:
     return None
 
 
-def check_config(cfg: DictConfig, config_name: str) -> None:
-    """Validate the composed config: an experiment is chosen and value overrides are typed."""
-    require_experiment(cfg)
+def check_config(cfg: DictConfig, config_name: str, needs_experiment: bool = True) -> None:
+    """Validate the composed config: an experiment is chosen (if needed), overrides are typed."""
+    if needs_experiment:
+        require_experiment(cfg)
     overrides = task_overrides()
     if overrides:
         base = compose(config_name=config_name, overrides=group_overrides(overrides))
         check_override_types(cfg, base, overrides)
 
 
-def run_entry(fn: Callable[[DictConfig], Any], cfg: DictConfig, config_name: str = "train") -> Any:
+def run_entry(
+    fn: Callable[[DictConfig], Any], cfg: DictConfig, config_name: str = "train", needs_experiment: bool = True
+) -> Any:
     """Run an entry point's job; PodiumErrors print their message and exit non-zero.
 
     Args:
         fn: The job (e.g. ``src.core.training.train``).
         cfg: The composed Hydra config.
         config_name: The entry config's name, for re-composing defaults.
+        needs_experiment: Fail unless an experiment (data and model) is chosen; jobs that
+            consume other runs (ensembles) pass False.
 
     Returns:
         Whatever ``fn`` returns (the optimized metric for sweeps).
@@ -78,8 +83,8 @@ def run_entry(fn: Callable[[DictConfig], Any], cfg: DictConfig, config_name: str
             warnings.filterwarnings("ignore", message=pattern)
         warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        check_config(cfg, config_name)
-        if cfg.get("extras", {}).get("print_config") and rank_zero_only.rank == 0:
+        check_config(cfg, config_name, needs_experiment)
+        if cfg.get("extras", {}).get("print_config") and process_rank() == 0:
             print_config_tree(cfg)
         return fn(cfg)
     except (PodiumError, InstantiationException) as exc:
@@ -87,17 +92,17 @@ def run_entry(fn: Callable[[DictConfig], Any], cfg: DictConfig, config_name: str
         if err is None:
             raise
         print(f"podium: error: {err}", file=sys.stderr, flush=True)
-        _drop_stray_run_dir(cfg)
+        drop_stray_run_dir(cfg)
         sys.exit(err.exit_code)
 
 
-def _drop_stray_run_dir(cfg: DictConfig) -> None:
+def drop_stray_run_dir(cfg: DictConfig) -> None:
     """Remove the folder Hydra made for a run that failed before it recorded anything.
 
     A run directory without ``manifest.json`` holds only Hydra's own files (``.hydra/``, the
     job log): nothing a later run could resume from, so a rejected command leaves no trace.
     """
-    if rank_zero_only.rank != 0:
+    if process_rank() != 0:
         return
     try:
         run_dir = Path(cfg.paths.output_dir)

@@ -31,10 +31,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.core import mlflow_client
 from src.core.errors import ConfigError, DataError
 from src.core.io import atomic_path, write_json_atomic, write_text_atomic
 from src.core.manifest import build_manifest
-from src.core.mlflow_store import artifact_root, flatten, tracking_uri
 from src.core.rundir import RunDir, RunState
 from src.core.training import train
 
@@ -82,19 +82,7 @@ def fold_config(cfg: DictConfig, parent: RunDir, k: int, parent_run_id: str | No
 
 
 def _client(cfg: DictConfig) -> Any:
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri(cfg.paths.mlflow_dir))
-
-
-def _experiment_id(client: Any, cfg: DictConfig) -> str:
-    exp = client.get_experiment_by_name(cfg.experiment_name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(cfg.experiment_name, artifact_location=artifact_root(cfg.paths.mlflow_dir))
-    except Exception:  # noqa: BLE001 - another process created it first
-        return client.get_experiment_by_name(cfg.experiment_name).experiment_id
+    return mlflow_client.client(cfg.paths.mlflow_dir)
 
 
 @rank_zero_only
@@ -107,12 +95,9 @@ def open_parent(cfg: DictConfig, parent: RunDir) -> str | None:
         run_id = None
         if _uses_mlflow(cfg):
             client = _client(cfg)
-            run = client.create_run(_experiment_id(client, cfg), run_name=cfg.run_name, tags={"podium.cv": "parent"})
-            run_id = run.info.run_id
-            params = flatten(OmegaConf.to_container(cfg, resolve=True))
-            items = list(params.items())
-            for start in range(0, len(items), 100):
-                client.log_batch(run_id, params=[_param(k, v) for k, v in items[start : start + 100]])
+            exp_id = mlflow_client.experiment_id(client, cfg.experiment_name, cfg.paths.mlflow_dir)
+            run_id = client.create_run(exp_id, run_name=cfg.run_name, tags={"podium.cv": "parent"}).info.run_id
+            mlflow_client.log_params(client, run_id, mlflow_client.flatten(OmegaConf.to_container(cfg, resolve=True)))
         write_text_atomic(parent.config_file, OmegaConf.to_yaml(cfg, resolve=True))
         parent.write_manifest({**build_manifest(cfg, sys.argv, None, run_id), "folds": int(cfg.data.n_folds)})
         return run_id
@@ -120,12 +105,6 @@ def open_parent(cfg: DictConfig, parent: RunDir) -> str | None:
 
 def _uses_mlflow(cfg: DictConfig) -> bool:
     return bool(cfg.get("logger")) and bool(cfg.logger.get("mlflow"))
-
-
-def _param(key: str, value: str) -> Any:
-    from mlflow.entities import Param
-
-    return Param(key, value)
 
 
 def merge_oof(parent: RunDir, n_folds: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -184,10 +163,8 @@ def close_parent(cfg: DictConfig, parent: RunDir, run_id: str | None) -> dict[st
         metrics["oof/samples"] = len(val)
         if run_id is not None:
             client = _client(cfg)
-            for key, value in metrics.items():
-                client.log_metric(run_id, key, float(value))
-            for path in sorted(out.glob("*")):
-                client.log_artifact(run_id, str(path), artifact_path=OOF_DIR)
+            mlflow_client.log_metrics(client, run_id, metrics)
+            mlflow_client.log_run_dir(client, run_id, parent.path, skip=[p.name for p in parent.path.glob("fold_*")])
         parent.write_metrics(metrics)
         if run_id is not None:
             client.log_artifact(run_id, str(parent.metrics_file))

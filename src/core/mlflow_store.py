@@ -1,4 +1,4 @@
-"""MLflow wiring: one store per repository at ``<root>/mlruns`` (SQLite + artifact folder)."""
+"""Lightning's MLflow logger bound to podium's run directory and store (``<root>/mlruns``)."""
 
 from __future__ import annotations
 
@@ -12,28 +12,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-MAX_PARAM_CHARS = 6000
+from src.core.mlflow_client import artifact_root, flatten, log_run_dir, tracking_uri
 
-
-def tracking_uri(store_dir: str | Path) -> str:
-    """The SQLite tracking URI of the store at ``store_dir``."""
-    return f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
-
-
-def artifact_root(store_dir: str | Path) -> str:
-    return (Path(store_dir).resolve() / "artifacts").as_uri()
-
-
-def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten a nested mapping into ``a.b.c -> str(value)`` MLflow params (lists kept whole)."""
-    flat: dict[str, str] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)[:MAX_PARAM_CHARS]
-    return flat
+__all__ = ["PodiumMLFlowLogger", "artifact_root", "flatten", "tracking_uri"]
 
 
 class PodiumMLFlowLogger(MLFlowLogger):
@@ -113,17 +94,8 @@ class PodiumMLFlowLogger(MLFlowLogger):
     @rank_zero_only
     def log_run_dir(self, run_dir: str | Path) -> None:
         """Upload the run directory's files as artifacts (checkpoints only if configured)."""
-        run_dir = Path(run_dir)
-        for path in sorted(run_dir.rglob("*")):
-            rel = path.relative_to(run_dir)
-            if not path.is_file() or path.name.startswith("."):
-                continue
-            if rel.parts[0] == "checkpoints" and not self.log_checkpoints:
-                continue
-            if rel.parts[0] in {"csv"} or (len(rel.parts) > 1 and rel.parts[0].startswith(".")):
-                continue
-            parent = str(rel.parent) if str(rel.parent) != "." else None
-            self.experiment.log_artifact(self.run_id, str(path), artifact_path=parent)
+        skip = {"csv"} | (set() if self.log_checkpoints else {"checkpoints"})
+        log_run_dir(self.experiment, self.run_id, run_dir, skip=skip)
 
     @rank_zero_only
     def set_tag(self, key: str, value: str) -> None:

@@ -1,0 +1,99 @@
+"""Plain MLflow client helpers for the repository's store (no Lightning import: cheap to load).
+
+The store lives at ``<root>/mlruns``: a SQLite database plus an ``artifacts/`` folder.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+MAX_PARAM_CHARS = 6000
+_BAD_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def tracking_uri(store_dir: str | Path) -> str:
+    """The SQLite tracking URI of the store at ``store_dir``."""
+    return f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(store_dir: str | Path) -> str:
+    """The artifact location new experiments of the store get."""
+    return (Path(store_dir).resolve() / "artifacts").as_uri()
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested mapping into ``a.b.c -> str(value)`` MLflow params (lists kept whole)."""
+    flat: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_CHARS]
+    return flat
+
+
+def client(store_dir: str | Path) -> Any:
+    """An ``MlflowClient`` on the store, creating its folder if needed."""
+    import mlflow
+
+    Path(store_dir).mkdir(parents=True, exist_ok=True)
+    return mlflow.MlflowClient(tracking_uri(store_dir))
+
+
+def experiment_id(mlf: Any, name: str, store_dir: str | Path) -> str:
+    """Id of the experiment ``name``, created with the store's artifact root if missing.
+
+    Several processes may create it at once; the losers of that race look it up again.
+    """
+    for attempt in range(5):
+        exp = mlf.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return mlf.create_experiment(name, artifact_location=artifact_root(store_dir))
+        except Exception:  # noqa: BLE001 - MLflow raises store-specific errors for the race
+            time.sleep(0.2 * (attempt + 1))
+    return mlf.get_experiment_by_name(name).experiment_id
+
+
+def log_params(mlf: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log a flat dict of params in batches of 100 (MLflow's limit)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlf.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(mlf: Any, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log finite float metrics in batches (keys sanitised to MLflow's allowed characters)."""
+    import math
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(_BAD_METRIC_CHARS.sub("_", k), float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    for start in range(0, len(batch), 500):
+        mlf.log_batch(run_id, metrics=batch[start : start + 500])
+
+
+def log_run_dir(mlf: Any, run_id: str, run_dir: str | Path, skip: Iterable[str] = ()) -> None:
+    """Upload a run directory's files as artifacts, keeping their relative folders.
+
+    Hidden files and folders are left out, and so are top-level folders named in ``skip``.
+    """
+    run_dir, skip = Path(run_dir), set(skip)
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts) or rel.parts[0] in skip:
+            continue
+        mlf.log_artifact(run_id, str(path), artifact_path=str(rel.parent) if str(rel.parent) != "." else None)

@@ -1,0 +1,420 @@
+"""The job behind ``ensemble.py``: score members and blends honestly, calibrate, correct, submit.
+
+```
+outputs/ensemble/<run_name>/
+  ranking.csv       every member, blend and final stage: OOF accuracy, log-loss, ECE, audit
+  submission.csv    image_id,label of the final stage on the test rows (when members have test)
+  report.html       the same tables, self-contained
+  oof/              the final stage's OOF (and test) table: this run can itself be a member
+  config.yaml, manifest.json, metrics.json (last: its presence marks the run finished)
+```
+
+Steps: load and align the members; score each member as is and each blend by nested OOF
+(:func:`~src.ensemble.blends.nested_oof_predict`); pick the best by ``select_by``; fit the
+calibration chain on its nested OOF (scored nested again); fit pair experts on top (nested);
+refit everything on all OOF rows for the test predictions; write files; log to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import log_loss
+
+from src.core import mlflow_client
+from src.core.errors import ConfigError, DataError
+from src.core.io import atomic_path, file_fingerprint, write_text_atomic
+from src.core.manifest import build_manifest
+from src.core.rundir import RunDir, RunState
+from src.ensemble.audit import risk_audit
+from src.ensemble.blends import Blend, SelectMember, log_probs, nested_oof_predict
+from src.ensemble.calibration import CalibrationChain, expected_calibration_error
+from src.ensemble.experts import PairExperts, pair_features
+from src.ensemble.oof import OOF_DIR, OOF_FILE, Member, align_members, load_member, write_oof
+from src.ensemble.report import render_report
+
+log = logging.getLogger("podium")
+Array = npt.NDArray[np.float64]
+SELECT_BY = {"acc": False, "log_loss": True}  # metric -> lower is better
+
+
+@dataclass(frozen=True)
+class OOFData:
+    """The aligned inputs every step shares.
+
+    Attributes:
+        members: Aligned members (row ``i`` is the same sample in all).
+        P: One ``(n, C)`` OOF probability array per member.
+        y: ``(n,)`` class indices.
+        folds: ``(n,)`` fold of each row (the first member's).
+        groups: ``(n,)`` group keys for the group audit, or None.
+        P_test: One ``(m, C)`` test probability array per member, or None.
+    """
+
+    members: list[Member]
+    P: list[Array]
+    y: npt.NDArray[np.int64]
+    folds: npt.NDArray[np.int64]
+    groups: npt.NDArray[np.str_] | None
+    P_test: list[Array] | None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.members[0].classes
+
+
+@dataclass
+class Candidate:
+    """A scored prediction: a member as is, a blend, or a final stage.
+
+    Attributes:
+        name: ``member:<name>``, ``blend:<name>`` or ``<best>+calibrated[+experts]``.
+        kind: ``member``, ``blend`` or ``final``.
+        oof: ``(n, C)`` honest OOF probabilities.
+        factory: Makes the unfitted blend (members: a :class:`SelectMember`); None for finals.
+        test: ``(m, C)`` test probabilities once computed.
+    """
+
+    name: str
+    kind: str
+    oof: Array
+    factory: Callable[[], Blend] | None = None
+    test: Array | None = None
+
+
+def resolve_path(cfg: DictConfig, value: str) -> Path:
+    """A path from the config; relative ones are relative to ``paths.root_dir``."""
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else Path(cfg.paths.root_dir) / path
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    """Member names: the directory name, or ``parent/name`` where two would clash."""
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
+def load_groups(csv_path: Path, sample_ids: npt.NDArray[np.str_], column: str) -> npt.NDArray[np.str_]:
+    """The group of every OOF sample, joined by ``image_id`` from the dataset's ``train.csv``.
+
+    Raises:
+        DataError: The file or column is missing, or an OOF sample id has no row.
+    """
+    if not csv_path.is_file():
+        raise DataError(
+            f"train_csv {csv_path} does not exist", "pass train_csv=data/<name>/train.csv, or train_csv=null"
+        )
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("image_id", column) if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{csv_path} lacks column(s) {missing}; it has {list(table.columns)}",
+            "set group_column=<the group column>, or train_csv=null to skip the group audit",
+        )
+    groups = table.drop_duplicates("image_id").set_index("image_id")[column]
+    absent = pd.Index(sample_ids).difference(groups.index)
+    if len(absent):
+        raise DataError(
+            f"{csv_path} has no row for OOF sample_id {absent[0]!r} ({len(absent)} missing)",
+            "pass the train.csv of the dataset the members were trained on",
+        )
+    return groups.loc[sample_ids].to_numpy(dtype=str)
+
+
+def load_data(cfg: DictConfig) -> OOFData:
+    """Load, validate and align the configured members (and their groups)."""
+    if not cfg.members:
+        raise ConfigError(
+            "members is empty", "pass members=[outputs/<experiment>/<cv run>,...]: the K-fold runs to blend"
+        )
+    paths = [resolve_path(cfg, p) for p in cfg.members]
+    members = align_members([load_member(p, n) for p, n in zip(paths, _unique_names(paths), strict=True)])
+    ref = members[0]
+    groups = None
+    if cfg.get("train_csv"):
+        groups = load_groups(resolve_path(cfg, cfg.train_csv), ref.sample_ids, cfg.group_column)
+    has_test = ref.test_probs is not None
+    return OOFData(
+        members=members,
+        P=[m.probs for m in members],
+        y=ref.labels,
+        folds=ref.folds,
+        groups=groups,
+        P_test=[m.test_probs for m in members] if has_test else None,
+    )
+
+
+def blend_factories(cfg: DictConfig) -> dict[str, Callable[[], Blend]]:
+    """The configured blends by name: ``blends`` picks entries of ``blend_defs`` (partials)."""
+    unknown = [b for b in cfg.blends if b not in cfg.blend_defs]
+    if unknown:
+        raise ConfigError(
+            f"blends={list(cfg.blends)}: unknown blend(s) {unknown}",
+            f"use names among {list(cfg.blend_defs)} or define them under blend_defs",
+        )
+    return {str(name): instantiate(cfg.blend_defs[name]) for name in cfg.blends}
+
+
+def score(probs: Array, data: OOFData, cfg: DictConfig) -> dict[str, float]:
+    """Accuracy, log-loss, ECE and the risk audit of OOF probabilities."""
+    row = risk_audit(
+        probs.argmax(axis=1),
+        data.y,
+        data.groups,
+        n_boot=cfg.audit.n_boot,
+        seed=cfg.audit.seed,
+        n_splits=cfg.audit.n_splits,
+        test_size=cfg.audit.test_size,
+    )
+    row["log_loss"] = float(log_loss(data.y, probs, labels=np.arange(probs.shape[1])))
+    row["ece"] = expected_calibration_error(probs, data.y, n_bins=cfg.calibration.n_bins)
+    return row
+
+
+def candidates(cfg: DictConfig, data: OOFData) -> list[Candidate]:
+    """Every member as is and every configured blend, with honest OOF probabilities."""
+    out = [
+        Candidate(f"member:{m.name}", "member", m.probs, factory=lambda i=i: SelectMember(i))
+        for i, m in enumerate(data.members)
+    ]
+    for name, factory in blend_factories(cfg).items():
+        log.info("nested OOF of blend %s", name)
+        out.append(
+            Candidate(f"blend:{name}", "blend", nested_oof_predict(factory, data.P, data.y, data.folds), factory)
+        )
+    return out
+
+
+def rank(rows: list[dict[str, Any]], select_by: str) -> pd.DataFrame:
+    """The ranking table, best first by ``select_by`` (ties broken by log-loss)."""
+    if select_by not in SELECT_BY:
+        raise ConfigError(f"select_by={select_by!r} is not a ranking metric", f"use one of {list(SELECT_BY)}")
+    frame = pd.DataFrame(rows)
+    keys = [select_by] + (["log_loss"] if select_by != "log_loss" else [])
+    ascending = [SELECT_BY[k] for k in keys]
+    return frame.sort_values(keys, ascending=ascending, kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class FinalStages:
+    """What was fitted on top of the best candidate."""
+
+    stages: list[Candidate]
+    calibration: CalibrationChain | None
+    experts: PairExperts | None
+
+
+def final_stages(cfg: DictConfig, data: OOFData, best: Candidate) -> FinalStages:
+    """Calibrate the best candidate and add pair experts, each scored by nested OOF."""
+    stages: list[Candidate] = []
+    probs, name, chain, experts = best.oof, best.name, None, None
+    steps = [instantiate(s) for s in cfg.calibration.steps]
+    if steps:
+        chain_factory = lambda: CalibrationChain(steps)  # noqa: E731
+        probs = nested_oof_predict(chain_factory, probs, data.y, data.folds)
+        chain = chain_factory().fit(best.oof, data.y)
+        name = f"{name}+calibrated"
+        stages.append(Candidate(name, "final", probs))
+    if cfg.pair_experts.top_k > 0:
+        experts = PairExperts(
+            top_k=cfg.pair_experts.top_k, margins=cfg.pair_experts.margins, factory=instantiate(cfg.pair_experts.model)
+        )
+        experts.fit(probs, pair_features(data.P), data.y, data.folds)
+        stages.append(Candidate(f"{name}+experts", "final", experts.oof_probs_))
+    return FinalStages(stages, chain, experts)
+
+
+def predict_test(data: OOFData, best: Candidate, final: FinalStages) -> None:
+    """Refit the best candidate on all OOF rows and run the test rows through every stage."""
+    if data.P_test is None or best.factory is None:
+        return
+    probs = best.factory().fit(data.P, data.y).predict(data.P_test)
+    best.test = probs
+    stages = iter(final.stages)
+    if final.calibration is not None:
+        probs = final.calibration.predict(probs)
+        next(stages).test = probs
+    if final.experts is not None:
+        probs = final.experts.predict(probs, pair_features(data.P_test))
+        next(stages).test = probs
+
+
+def run_ensemble(cfg: DictConfig) -> float | None:
+    """Run (or report) the ensemble described by ``cfg`` (``configs/ensemble.yaml``).
+
+    Returns:
+        The final stage's OOF value of ``select_by`` (for sweeps), or the recorded one when the
+        run was already finished.
+    """
+    run = RunDir(Path(cfg.paths.output_dir))
+    if run.state() is RunState.FINISHED and not cfg.force:
+        return _finished(run, cfg)
+    if cfg.force:
+        run.reset()
+    data = load_data(cfg)
+    pool = candidates(cfg, data)
+    rows = [{"name": c.name, "kind": c.kind, **score(c.oof, data, cfg)} for c in pool]
+    best_name = rank(rows, cfg.select_by)["name"].iloc[0]
+    best = next(c for c in pool if c.name == best_name)
+    final = final_stages(cfg, data, best)
+    rows += [{"name": c.name, "kind": c.kind, **score(c.oof, data, cfg)} for c in final.stages]
+    predict_test(data, best, final)
+    chosen = final.stages[-1] if final.stages else best
+    ranking = rank(rows, cfg.select_by)
+    metrics = summarise(cfg, data, ranking, best, chosen, final)
+    _write_outputs(cfg, run, data, ranking, chosen, final, metrics)
+    return metrics[f"oof/{cfg.select_by}"]
+
+
+def summarise(
+    cfg: DictConfig, data: OOFData, ranking: pd.DataFrame, best: Candidate, chosen: Candidate, final: FinalStages
+) -> dict[str, Any]:
+    """metrics.json: the chosen stage's scores, the calibration and experts, run facts."""
+    table = ranking.set_index("name")
+    metrics: dict[str, Any] = {f"oof/{k}": float(v) for k, v in table.loc[chosen.name].items() if k != "kind"}
+    metrics |= {
+        "best": best.name,
+        "final": chosen.name,
+        "n_members": len(data.members),
+        "n_samples": len(data.y),
+        "n_classes": len(data.classes),
+        "has_test": data.P_test is not None,
+    }
+    if final.calibration is not None:
+        calibrated = final.stages[0].name
+        metrics["calib/ece_before"] = float(table.loc[best.name, "ece"])
+        metrics["calib/ece_after"] = float(table.loc[calibrated, "ece"])
+        for step in final.calibration.steps_:
+            if hasattr(step, "temperature_"):
+                metrics["calib/temperature"] = step.temperature_
+            if hasattr(step, "bias_"):
+                metrics["calib/bias"] = dict(zip(data.classes, map(float, step.bias_), strict=True))
+    if final.experts is not None:
+        metrics["experts"] = final.experts.summary(data.classes)
+    return metrics
+
+
+def _finished(run: RunDir, cfg: DictConfig) -> float | None:
+    metrics = run.metrics()
+    print(
+        f"podium: ensemble {cfg.run_name} is already finished.\n  results: {run.path}\n"
+        f"  final: {metrics.get('final')} oof/acc={metrics.get('oof/acc')}\n"
+        "  rerun with force=true to blend again, or pass a new run_name=..."
+    )
+    return metrics.get(f"oof/{cfg.select_by}")
+
+
+def submission_frame(data: OOFData, chosen: Candidate) -> pd.DataFrame | None:
+    """``image_id,label`` (class names) of the chosen stage's test predictions, if any."""
+    if chosen.test is None:
+        return None
+    names = np.asarray(data.classes)[chosen.test.argmax(axis=1)]
+    return pd.DataFrame({"image_id": data.members[0].test_ids, "label": names})
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _write_outputs(
+    cfg: DictConfig,
+    run: RunDir,
+    data: OOFData,
+    ranking: pd.DataFrame,
+    chosen: Candidate,
+    final: FinalStages,
+    metrics: dict[str, Any],
+) -> None:
+    """Write the run directory (metrics.json last) and log it to MLflow."""
+    ref = data.members[0]
+    _write_csv(run.path / "ranking.csv", ranking)
+    submission = submission_frame(data, chosen)
+    if submission is not None:
+        _write_csv(run.path / "submission.csv", submission)
+    else:
+        log.warning("no test predictions (members lack oof/test.parquet): no submission.csv")
+    write_oof(
+        run.path,
+        ref.sample_ids,
+        data.folds,
+        data.y,
+        log_probs(chosen.oof),
+        data.classes,
+        test_ids=ref.test_ids if chosen.test is not None else None,
+        test_probs=chosen.test,
+    )
+    write_text_atomic(run.path / "report.html", _report(cfg, data, ranking, chosen, final, metrics))
+    write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+    fingerprint = file_fingerprint([m.path / OOF_DIR / OOF_FILE for m in data.members])
+    run_id = _mlflow_start(cfg, run)
+    run.write_manifest(build_manifest(cfg, sys.argv, fingerprint, run_id))
+    run.write_metrics(metrics)
+    if run_id is not None:
+        _mlflow_finish(cfg, run, run_id, metrics, ranking)
+    print(
+        f"podium: ensemble finished {run.path}\n  final: {chosen.name} "
+        f"oof/acc={metrics['oof/acc']:.4f} oof/log_loss={metrics['oof/log_loss']:.4f}"
+    )
+
+
+def _report(
+    cfg: DictConfig,
+    data: OOFData,
+    ranking: pd.DataFrame,
+    chosen: Candidate,
+    final: FinalStages,
+    metrics: dict[str, Any],
+) -> str:
+    summary = {
+        "members": ", ".join(m.name for m in data.members),
+        "samples": len(data.y),
+        "classes": len(data.classes),
+        "best candidate": metrics["best"],
+        "final": chosen.name,
+        "selected by": cfg.select_by,
+        "ECE before calibration": metrics.get("calib/ece_before"),
+        "ECE after calibration": metrics.get("calib/ece_after"),
+        "temperature": metrics.get("calib/temperature"),
+    }
+    sections = []
+    if final.experts is not None and final.experts.pairs_:
+        sections.append(("Pair experts", pd.DataFrame(final.experts.summary(data.classes))))
+    if "calib/bias" in metrics:
+        bias = metrics["calib/bias"]
+        sections.append(
+            ("Class bias (log-probability)", pd.DataFrame({"class": list(bias), "bias": list(bias.values())}))
+        )
+    return render_report(f"ensemble {cfg.run_name}", summary, ranking, sections, final=chosen.name)
+
+
+def _mlflow_start(cfg: DictConfig, run: RunDir) -> str | None:
+    """Create the MLflow run (experiment ``experiment_name``) and log the flattened config."""
+    if not cfg.get("log_mlflow", True):
+        return None
+    client = mlflow_client.client(cfg.paths.mlflow_dir)
+    exp_id = mlflow_client.experiment_id(client, cfg.experiment_name, cfg.paths.mlflow_dir)
+    run_id = client.create_run(exp_id, run_name=cfg.run_name, tags={"podium.run_dir": str(run.path)}).info.run_id
+    mlflow_client.log_params(client, run_id, mlflow_client.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    return run_id
+
+
+def _mlflow_finish(cfg: DictConfig, run: RunDir, run_id: str, metrics: dict[str, Any], ranking: pd.DataFrame) -> None:
+    """Log the final metrics, every candidate's scores and the run directory's files."""
+    values = dict(metrics)
+    for row in ranking.to_dict("records"):
+        values |= {f"rank/{row['name']}/{k}": v for k, v in row.items() if isinstance(v, float)}
+    client = mlflow_client.client(cfg.paths.mlflow_dir)
+    mlflow_client.log_metrics(client, run_id, values)
+    mlflow_client.log_run_dir(client, run_id, run.path)
+    client.set_terminated(run_id, "FINISHED")

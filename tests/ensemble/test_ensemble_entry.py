@@ -1,0 +1,120 @@
+"""The ensemble job: in-process on composed configs, and `python ensemble.py` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from src.core.errors import ConfigError, DataError
+from src.core.resolvers import PROJECT_ROOT
+from src.ensemble.pipeline import run_ensemble
+from tests.ensemble.synthetic import write_member
+
+ENSEMBLE_PY = str(PROJECT_ROOT / "ensemble.py")
+N, N_TEST, CLASSES = 300, 40, ["c0", "c1", "c2", "c3"]
+FAST = ["blend_defs.hgb.max_iter=20", "audit.n_boot=200", "audit.n_splits=5", "extras.print_config=false"]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project root with two members (rows in different orders) and the dataset's train.csv."""
+    for name, seed in (("cv_a", 1), ("cv_b", 2)):
+        write_member(tmp_path / "outputs" / "digits", name, seed=seed, n=N, n_test=N_TEST)
+    ids = [f"img_{i:04d}" for i in range(N)]
+    groups = [f"writer{i % 25}" for i in range(N)]
+    (tmp_path / "data" / "toy").mkdir(parents=True)
+    pd.DataFrame({"image_id": ids, "label": 0, "group": groups}).to_csv(tmp_path / "data/toy/train.csv", index=False)
+    return tmp_path
+
+
+MEMBERS = "members=[outputs/digits/cv_a,outputs/digits/cv_b]"
+
+
+def compose_ensemble(root: Path, *overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "configs")):
+        cfg = compose("ensemble", overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def test_job_ranks_members_blends_and_final_stages(project: Path, capsys) -> None:
+    cfg = compose_ensemble(project, MEMBERS, "train_csv=data/toy/train.csv", "run_name=t", "log_mlflow=false", *FAST)
+    acc = run_ensemble(cfg)
+    run = project / "outputs" / "ensemble" / "t"
+    ranking = pd.read_csv(run / "ranking.csv")
+    expected = {"member:cv_a", "member:cv_b", *(f"blend:{b}" for b in ("mean", "nnls", "ridge", "logreg", "hgb"))}
+    assert expected <= set(ranking["name"]) and len(ranking) == 9
+    assert ranking["acc"].is_monotonic_decreasing
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final"].endswith("+calibrated+experts") and acc == metrics["oof/acc"]
+    best = ranking.set_index("name").loc[metrics["best"]]
+    members = ranking[ranking.kind == "member"]
+    assert best["acc"] > members["acc"].max()  # two members with independent errors: a blend wins
+    assert 0 <= metrics["oof/acc_group_min"] <= metrics["oof/acc_group_median"] <= 1
+    assert metrics["calib/ece_after"] < metrics["calib/ece_before"]
+    # The run's own oof/ makes it a valid member of a later ensemble.
+    from src.ensemble.oof import load_member
+
+    assert load_member(run).classes == CLASSES
+    # Same command again: reported, not recomputed.
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_ensemble(cfg) == acc
+    assert "already finished" in capsys.readouterr().out
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_job_errors_name_the_member_and_the_config_key(project: Path) -> None:
+    cfg = compose_ensemble(project, "members=[outputs/digits/cv_a,outputs/digits/nope]", "log_mlflow=false", *FAST)
+    with pytest.raises(DataError, match=r"outputs/digits/nope does not exist"):
+        run_ensemble(cfg)
+    cfg = compose_ensemble(project, MEMBERS, "blends=[mean,magic]", "log_mlflow=false", *FAST)
+    with pytest.raises(ConfigError, match=r"unknown blend\(s\) \['magic'\]"):
+        run_ensemble(cfg)
+    cfg = compose_ensemble(project, "log_mlflow=false", *FAST)
+    with pytest.raises(ConfigError, match="members is empty"):
+        run_ensemble(cfg)
+
+
+@pytest.mark.slow
+def test_ensemble_py_end_to_end(project: Path) -> None:
+    env = {**os.environ, "PODIUM_ROOT": str(project), "PYTHONUNBUFFERED": "1"}
+    args = [MEMBERS, "train_csv=data/toy/train.csv", "run_name=e2e", *FAST]
+    proc = subprocess.run([sys.executable, ENSEMBLE_PY, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = project / "outputs" / "ensemble" / "e2e"
+    ranking = pd.read_csv(run / "ranking.csv")
+    assert len(ranking) == 9
+    assert {"acc", "log_loss", "ece", "acc_boot_p5", "acc_holdout_min", "acc_group_median"} <= set(ranking.columns)
+    submission = pd.read_csv(run / "submission.csv", dtype=str)
+    assert list(submission.columns) == ["image_id", "label"] and len(submission) == N_TEST
+    assert set(submission["label"]) <= set(CLASSES)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.5 < metrics["oof/acc"] <= 1 and metrics["has_test"] is True
+    html = (run / "report.html").read_text()
+    assert "<table>" in html and "http" not in html.replace('lang="en"', "")
+    manifest = json.loads((run / "manifest.json").read_text())
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    mlrun = client.get_run(manifest["mlflow_run_id"])
+    assert mlrun.info.run_name == "e2e" and mlrun.info.status == "FINISHED"
+    assert client.get_experiment(mlrun.info.experiment_id).name == "ensemble"
+    assert mlrun.data.metrics["oof/acc"] == pytest.approx(metrics["oof/acc"])
+    assert {"ranking.csv", "submission.csv", "report.html", "metrics.json"} <= {
+        a.path for a in client.list_artifacts(mlrun.info.run_id)
+    }
