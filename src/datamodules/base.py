@@ -6,13 +6,41 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from typing_extensions import override
 
-from src.core.errors import ConfigError
+from src.core.errors import ConfigError, DataError
 
 
 class PodiumDataModule(pl.LightningDataModule):
     """Base class. Subclasses save ``batch_size``, ``num_workers``, ``seed`` (and optionally
-    ``pin_memory``) as hyper-parameters and build their datasets in ``setup``."""
+    ``pin_memory``) as hyper-parameters, fill ``train_set``/``val_set``/``test_set`` in ``setup``
+    and build one split's loader in ``_loader``."""
+
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def _split(self, name: str) -> Dataset:
+        dataset = getattr(self, f"{name}_set", None)
+        if dataset is None:
+            where = getattr(self, "root", "the dataset folder")
+            raise DataError(f"{type(self).__name__}: no {name} split under {where}", f"add {name} data or skip it")
+        return dataset
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._split("train"), train=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._split("val"), train=False)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._split("test"), train=False)
 
     def _world(self) -> tuple[int, int]:
         """(world size, global rank) of the attached trainer; (1, 0) without one."""

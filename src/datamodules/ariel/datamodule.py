@@ -324,21 +324,7 @@ class ArielDataModule(PodiumDataModule):
     # ---- loaders -------------------------------------------------------------------------------
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
-        if dataset is None:
-            raise DataError(f"no planets for this split under {self.root}", "call setup() / check the dataset")
         world, rank = self._world()
         seed = self.hparams.seed
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed) if train else None
         return self.make_loader(dataset, sampler)
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)

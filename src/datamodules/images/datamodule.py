@@ -243,17 +243,3 @@ class ImageFolderDataModule(PodiumDataModule):
         sampler = self._train_sampler(dataset, world, rank) if train else None
         # A last batch of one breaks batch norm; validation keeps every sample.
         return self.make_loader(dataset, sampler, drop_last=train and len(dataset) > self.per_device_batch_size())
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise DataError(f"no test split at {self.root / 'test.csv'}", "add test.csv or set test=false")
-        return self._loader(self.test_set, train=False)
