@@ -5,19 +5,28 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 UI_PORT ?= 5000
 
-.PHONY: setup demo test test-fast lint format ui bench clean-runs
+.PHONY: setup browser demo test test-fast lint format ui bench clean-runs
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(MAKE) --no-print-directory browser
 	touch $@
+
+# Headless Chromium renders report.html in a test. Installed from Debian's packages when missing
+# and apt is usable (root); elsewhere the test skips with a message (under CI=true it must run).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "podium: Debian's chromium is not installed and cannot be installed here; the report test will skip"
 
 demo: setup
 	$(PY) train.py experiment=digits
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 test-fast: setup
