@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,10 +72,6 @@ def _collect(trainer: pl.Trainer, run: RunDir) -> dict[str, Any]:
     metrics["epoch"] = trainer.current_epoch
     metrics["global_step"] = trainer.global_step
     return metrics
-
-
-def _nonfinite(metrics: dict[str, Any]) -> list[str]:
-    return [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
 
 
 def _mlflow(loggers: list[Logger]) -> PodiumMLFlowLogger | None:
