@@ -49,6 +49,9 @@ ui: setup
 bench: setup
 	$(PY) benchmarks/digits.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/digits_cv.py
+	$(PY) benchmarks/ariel_calibration.py
+	$(PY) benchmarks/ariel_quality.py
 
 clean-runs:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts

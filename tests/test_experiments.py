@@ -21,8 +21,16 @@ def _fruits(root: Path) -> list[str]:
     return ["data.name=fruits", "data.num_classes=15", "data.group_column=plu", "data.image_size=32"]
 
 
-# Experiments over a user's own data get a small dataset of that shape.
-USER_DATA = {"image_folder": _fruits}
+def _ariel(root: Path) -> list[str]:
+    """A six-planet simulated Ariel set with few frames: the whole pipeline in seconds."""
+    return ["data=ariel_toy", "data.simulate.planets=6", "data.simulate.test_planets=1",
+            "data.simulate.airs_pairs=24", "data.simulate.fgs1_pairs=96",
+            "data.calibration.instruments.FGS1.bin_size=4", "data.calibration.instruments.AIRS-CH0.bin_size=1",
+            "data.n_folds=2", "data.batch_size=2"]  # fmt: skip
+
+
+# Experiments over a user's own data get a small dataset of that shape; big ones a toy version.
+USER_DATA = {"image_folder": _fruits, "ariel_v50": _ariel, "ariel_mlp": _ariel, "ariel_polyfit": _ariel}
 
 
 def overrides_for(name: str, root: Path) -> list[str]:

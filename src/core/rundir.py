@@ -95,6 +95,17 @@ class RunDir:
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
         return write_json_atomic(self.manifest_file, manifest)
 
+    def set_aside_exception_checkpoint(self) -> None:
+        """Rename a crash's ``on_exception.ckpt`` so a fresh start does not resume from it.
+
+        Lightning resumes from the newest of last.ckpt and the exception checkpoint when no
+        checkpoint is passed; podium's contract is that only ``last.ckpt`` resumes a run. The
+        file stays, as ``on_exception.previous.ckpt``, for a post-mortem.
+        """
+        crashed = self.checkpoints / "on_exception.ckpt"
+        if crashed.is_file():
+            crashed.replace(self.checkpoints / "on_exception.previous.ckpt")
+
     def reset(self) -> None:
         """Forget a previous run here (``force=true``): checkpoints, metrics and manifest go.
 

@@ -138,10 +138,12 @@ def train(cfg: DictConfig) -> float | None:
     state = run.state()
     if state is RunState.FINISHED and not cfg.force:
         return _finished(run, cfg)
-    if cfg.force and state is not RunState.FRESH:
+    if cfg.force:
         if rank_zero_only.rank == 0:
             run.reset()
         state = RunState.FRESH
+    if state is RunState.FRESH and rank_zero_only.rank == 0:
+        run.set_aside_exception_checkpoint()
     manifest = _check_resumable(run, cfg) if state is RunState.RESUMABLE else {}
 
     pl.seed_everything(cfg.seed, workers=True)

@@ -1,0 +1,330 @@
+"""Sigma calibration of Ariel predictions, fitted on the validation fold.
+
+Both callbacks read the predictions ``ArielRegressor.validation_step`` returns (``mu``,
+``sigma_raw``, ``target``; depths as fractions) and refit at the end of every validation epoch,
+so each checkpoint (``last``, ``best``) carries the calibration of its own weights in the
+callback state (``state_dict`` / ``load_state_dict``). What is left after ``fit`` is the
+calibration of the final validation pass, and ``trainer.predict(ckpt_path=...)`` restores the one
+stored with the checkpoint it loads.
+
+* :class:`TemperatureScaling`: sigma scales ``s`` by the closed form ``s^2 = mean(z^2)``,
+  ``z = (y - mu) / sigma``, per bin (shrunk towards the global scale) or one global scale; applied
+  to ``sigma`` at predict time (``on_predict_batch_end`` and :meth:`TemperatureScaling.calibrate`).
+* :class:`ConformalCalibration`: split-conformal quantiles of ``|y - mu| / sigma`` per bin (or
+  one max-over-bins quantile for simultaneous bands); predict outputs gain interval half-widths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from typing_extensions import override
+
+from src.core.errors import ConfigError
+from src.core.io import write_json_atomic
+from src.metrics.ariel import central_z
+from src.modules.ariel import ArielMetrics
+
+
+def _level_name(level: float) -> str:
+    return f"{round(100 * level):d}"
+
+
+class ValidationBuffer:
+    """Validation predictions of one epoch on this process (cleared at each epoch start)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[Tensor]] = {}
+
+    def clear(self) -> None:
+        self.parts = {}
+
+    def add(self, outputs: Any) -> None:
+        if not isinstance(outputs, dict) or "target" not in outputs:
+            return
+        for key in ("mu", "sigma_raw", "target", "planet_id"):
+            self.parts.setdefault(key, []).append(outputs[key].detach())
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.parts.get("mu", []))
+
+    def get(self, key: str) -> Tensor:
+        return torch.cat(self.parts[key])
+
+
+def gather_rows(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+    """Rows of ``x`` from every process, concatenated (equal row counts per process assumed)."""
+    if pl_module.trainer is None or pl_module.trainer.world_size == 1:
+        return x
+    gathered = pl_module.all_gather(x)
+    return gathered.reshape(-1, *x.shape[1:])
+
+
+class _ValidationCalibrator(Callback):
+    """Collect validation predictions each epoch and refit at its end (not during sanity checks)."""
+
+    def __init__(self) -> None:
+        self.buffer = ValidationBuffer()
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.buffer.clear()
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self.buffer.add(outputs)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or len(self.buffer) == 0:
+            return
+        self.refit(trainer, pl_module)
+
+    def refit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise NotImplementedError
+
+
+class TemperatureScaling(_ValidationCalibrator):
+    """Scale sigma per bin (or globally) so that ``mean(z^2) = 1`` on the validation fold.
+
+    The per-bin estimate ``s_b^2 = (sum_i z_ib^2 + k s_g^2) / (n + k)`` is shrunk towards the
+    global one ``s_g^2`` with ``k = shrinkage`` pseudo-planets, since a validation fold of a few
+    dozen planets gives noisy per-bin variances. Logs ``val/ts_scale`` (mean scale) and the
+    validation metrics with calibrated sigmas under ``val/cal/*`` (in-sample: fitted and scored on
+    the same fold).
+
+    Args:
+        per_bin: One scale per bin (else one global scale: the mu-only baseline's constant sigma).
+        shrinkage: Pseudo-planets of the global scale in each per-bin estimate (0: none).
+        min_scale: Smallest allowed scale.
+        max_scale: Largest allowed scale.
+    """
+
+    def __init__(
+        self, per_bin: bool = True, shrinkage: float = 8.0, min_scale: float = 1e-3, max_scale: float = 1e3
+    ) -> None:
+        super().__init__()
+        if shrinkage < 0 or not 0 < min_scale <= max_scale:
+            raise ConfigError(
+                f"TemperatureScaling shrinkage={shrinkage}, min_scale={min_scale}, max_scale={max_scale}",
+                "use shrinkage >= 0 and 0 < min_scale <= max_scale",
+            )
+        self.per_bin, self.shrinkage = per_bin, float(shrinkage)
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.scale: Tensor | None = None
+        self.metrics: ArielMetrics | None = None
+
+    def fit_scale(self, sum_z2: Tensor, count: Tensor) -> Tensor:
+        """Scales from per-bin sums of z^2 (bins,) over ``count`` planets (closed form)."""
+        global_s2 = sum_z2.sum() / (count * sum_z2.numel())
+        if self.per_bin:
+            s2 = (sum_z2 + self.shrinkage * global_s2) / (count + self.shrinkage)
+        else:
+            s2 = global_s2.expand_as(sum_z2)
+        return s2.sqrt().clamp(self.min_scale, self.max_scale)
+
+    @override
+    def refit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mu, sigma, y = self.buffer.get("mu"), self.buffer.get("sigma_raw"), self.buffer.get("target")
+        z2 = (((y - mu) / sigma) ** 2).double().sum(0)
+        count = torch.tensor(float(len(y)), dtype=torch.float64, device=z2.device)
+        z2 = trainer.strategy.reduce(z2, reduce_op="sum")
+        count = trainer.strategy.reduce(count, reduce_op="sum")
+        self.scale = self.fit_scale(z2, count).float().cpu()
+        self._log_calibrated(pl_module, mu, sigma * self.scale.to(sigma.device), y)
+
+    def _log_calibrated(self, pl_module: pl.LightningModule, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        if self.metrics is None:
+            self.metrics = ArielMetrics().to(mu.device)
+        self.metrics.set_naive(float(pl_module.naive_mean), float(pl_module.naive_sigma))
+        self.metrics.update(mu, sigma, y)
+        values = {f"val/cal/{k}": getattr(self.metrics, k).compute() for k in ArielMetrics.SCALARS}
+        z_mean, z_std = self.metrics.z.compute()
+        values.update({"val/cal/z_mean": z_mean, "val/cal/z_std": z_std})
+        values["val/ts_scale"] = self.scale.mean()
+        self.metrics.reset()
+        for name, value in values.items():
+            pl_module.log(name, float(value))
+
+    def calibrate(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Scale ``outputs["sigma"]`` in place by the fitted scales (no-op before fitting)."""
+        if self.scale is not None:
+            outputs["sigma"] = outputs["sigma"] * self.scale.to(outputs["sigma"].device)
+        return outputs
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(outputs, dict):
+            self.calibrate(outputs)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": None if self.scale is None else self.scale.tolist(), "per_bin": self.per_bin}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        scale = state_dict.get("scale")
+        self.scale = None if scale is None else torch.tensor(scale, dtype=torch.float32)
+
+
+def conformal_quantile(scores: Tensor, level: float) -> Tensor:
+    """Split-conformal quantile over the first axis: the ``ceil((n + 1) level)``-th smallest score.
+
+    With fewer than ``1 / (1 - level) - 1`` calibration points that rank exceeds ``n`` and the
+    quantile is infinite (no finite band has the guarantee).
+
+    Args:
+        scores: Non-conformity scores, shape (n, ...).
+        level: Nominal coverage in (0, 1).
+
+    Returns:
+        Quantiles, shape (...).
+    """
+    n = scores.shape[0]
+    rank = math.ceil((n + 1) * level)
+    if rank > n:
+        return torch.full(scores.shape[1:], math.inf, dtype=scores.dtype, device=scores.device)
+    return scores.sort(dim=0).values[rank - 1]
+
+
+class ConformalCalibration(_ValidationCalibrator):
+    """Split-conformal intervals on the scores ``|y - mu| / sigma`` of the validation fold.
+
+    Per bin, the band ``mu ± q_b sigma`` covers a new planet's depth with probability at least
+    ``level`` (exchangeability). With ``simultaneous``, the score of a planet is its maximum over
+    bins and one quantile ``q`` gives bands that cover the whole spectrum at once (no independence
+    between bins assumed).
+
+    Coverage is reported honestly by cross-fitting: quantiles fitted on one half of the fold
+    (alternate planets) are scored on the other half and vice versa. Logged as
+    ``val/conformal/cov<level>`` (per-cell), ``val/conformal/width<level>_ppm`` (mean half-width)
+    and, when simultaneous, ``val/conformal/sim_cov<level>`` (share of planets covered in every
+    bin). The quantiles and coverages are written to ``<dirpath>/conformal.json`` after fit.
+
+    Args:
+        levels: Nominal coverages.
+        simultaneous: Also fit the max-over-bins quantile (simultaneous bands).
+        dirpath: Folder of ``conformal.json`` (the run directory); null: no file.
+    """
+
+    def __init__(
+        self, levels: Sequence[float] = (0.68, 0.95), simultaneous: bool = True, dirpath: str | None = None
+    ) -> None:
+        super().__init__()
+        self.levels = [float(v) for v in levels]
+        for level in self.levels:
+            central_z(level)  # validates the range
+        self.simultaneous, self.dirpath = simultaneous, dirpath
+        self.quantiles: dict[str, list[float]] = {}
+        self.sim_quantiles: dict[str, float] = {}
+        self.report: dict[str, float] = {}
+
+    @staticmethod
+    def scores(mu: Tensor, sigma: Tensor, y: Tensor) -> Tensor:
+        """Non-conformity ``|y - mu| / sigma``, shape (planets, bins)."""
+        return ((y - mu).abs() / sigma).double()
+
+    def _cross_fit(self, scores: Tensor, sigma: Tensor, level: float) -> dict[str, float]:
+        halves = [torch.arange(len(scores))[k::2] for k in (0, 1)]
+        inside, width, sim_inside, n = 0.0, 0.0, 0.0, 0
+        for fit_idx, eval_idx in ((halves[0], halves[1]), (halves[1], halves[0])):
+            if len(fit_idx) == 0 or len(eval_idx) == 0:
+                continue
+            q = conformal_quantile(scores[fit_idx], level)
+            covered = scores[eval_idx] <= q
+            inside += float(covered.double().sum())
+            width += float((q * sigma[eval_idx]).sum())
+            sim_q = conformal_quantile(scores[fit_idx].max(dim=1).values, level)
+            sim_inside += float((scores[eval_idx].max(dim=1).values <= sim_q).double().sum())
+            n += len(eval_idx)
+        cells = max(n * scores.shape[1], 1)
+        name = _level_name(level)
+        out = {f"cov{name}": inside / cells, f"width{name}_ppm": 1e6 * width / cells}
+        if self.simultaneous:
+            out[f"sim_cov{name}"] = sim_inside / max(n, 1)
+        return out
+
+    @override
+    def refit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mu = gather_rows(pl_module, self.buffer.get("mu"))
+        sigma = gather_rows(pl_module, self.buffer.get("sigma_raw"))
+        y = gather_rows(pl_module, self.buffer.get("target"))
+        scores = self.scores(mu, sigma, y).cpu()
+        sigma = sigma.double().cpu()
+        self.report = {}
+        for level in self.levels:
+            name = _level_name(level)
+            self.quantiles[name] = conformal_quantile(scores, level).tolist()
+            if self.simultaneous:
+                self.sim_quantiles[name] = float(conformal_quantile(scores.max(dim=1).values, level))
+            self.report.update(self._cross_fit(scores, sigma, level))
+        for key, value in self.report.items():
+            if math.isfinite(value):
+                pl_module.log(f"val/conformal/{key}", value)
+
+    def calibrate(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Add ``half_width_<level>`` (and ``sim_half_width_<level>``) to predict outputs (depth units)."""
+        base = outputs.get("sigma_raw", outputs["sigma"])
+        for name, q in self.quantiles.items():
+            outputs[f"half_width_{name}"] = base * torch.tensor(q, dtype=base.dtype, device=base.device)
+            if name in self.sim_quantiles:
+                outputs[f"sim_half_width_{name}"] = base * self.sim_quantiles[name]
+        return outputs
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(outputs, dict):
+            self.calibrate(outputs)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dirpath is None or not trainer.is_global_zero or not self.quantiles:
+            return
+        write_json_atomic(Path(self.dirpath) / "conformal.json", self.state_dict())
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "levels": self.levels,
+            "quantiles": self.quantiles,
+            "sim_quantiles": self.sim_quantiles,
+            "cross_fit_coverage": self.report,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.quantiles = dict(state_dict.get("quantiles", {}))
+        self.sim_quantiles = dict(state_dict.get("sim_quantiles", {}))
+        self.report = dict(state_dict.get("cross_fit_coverage", {}))

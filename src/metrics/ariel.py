@@ -1,0 +1,303 @@
+"""Ariel Data Challenge scores and calibration diagnostics, as torchmetrics ``Metric`` classes.
+
+All inputs are transit depths as fractions of the stellar flux, shaped ``(planets, 283)``: column 0
+is FGS1 (``wl_1``), columns 1..282 the AIRS-CH0 bins (``wl_2..wl_283``). ``sigma`` is the
+predicted standard deviation of each depth, in the same unit.
+
+The Gaussian log-likelihood of one cell is ``GLL(y; mu, sigma) = -1/2 [ln 2 pi + ln sigma^2 +
+(y - mu)^2 / sigma^2]``. Both competition scores compare the prediction's GLL with a *naive*
+prediction (the training labels' mean and standard deviation, two scalars) and an *ideal* one
+(``mu = y`` with a tiny ``sigma_true``):
+
+* 2024: ``(sum GLL_pred - sum GLL_naive) / (sum GLL_ideal - sum GLL_naive)`` over every planet and
+  bin, ``sigma_true = 1e-5``, clipped to [0, 1];
+* 2025: the same ratio per cell with ``sigma_true = 1e-6`` (FGS1) and ``1e-5`` (AIRS), averaged
+  with weight 57.846 on FGS1 and 1 on each AIRS bin, clipped to [0, 1].
+
+Every state is a sum reduced with ``"sum"``, so the scores are exact under DDP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from src.core.errors import ConfigError
+
+LOG_2PI = math.log(2.0 * math.pi)
+N_BINS = 283
+SIGMA_TRUE_2024 = 1e-5
+FGS1_SIGMA_TRUE_2025 = 1e-6
+AIRS_SIGMA_TRUE_2025 = 1e-5
+FGS1_WEIGHT_2025 = 57.846
+
+
+def gaussian_log_likelihood(y: Tensor, mu: Tensor, sigma: Tensor | float) -> Tensor:
+    """Element-wise Gaussian log-likelihood ``-1/2 [ln 2 pi + ln sigma^2 + (y - mu)^2 / sigma^2]``.
+
+    Args:
+        y: Observed depths, any shape.
+        mu: Predicted depths, broadcastable to ``y``.
+        sigma: Predicted standard deviations (> 0), broadcastable to ``y``.
+
+    Returns:
+        The log-likelihood of each cell (nats), shape of ``y``.
+    """
+    sigma = torch.as_tensor(sigma, dtype=y.dtype, device=y.device)
+    return -0.5 * (LOG_2PI + 2.0 * torch.log(sigma) + ((y - mu) / sigma) ** 2)
+
+
+def _check_inputs(mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+    if mu.shape != y.shape or sigma.shape != y.shape:
+        raise ValueError(f"mu {tuple(mu.shape)}, sigma {tuple(sigma.shape)} and y {tuple(y.shape)} must match")
+    if bool((sigma <= 0).any()):
+        raise ValueError(f"sigma must be > 0 everywhere (min {float(sigma.min()):.3g}): use a sigma floor")
+
+
+def _check_naive(naive_sigma: float) -> None:
+    if not naive_sigma > 0:
+        raise ConfigError(
+            f"naive_sigma={naive_sigma}: the naive prediction's standard deviation must be > 0",
+            "compute it from the training labels (it is their standard deviation)",
+        )
+
+
+def score_2024(
+    y: Tensor, mu: Tensor, sigma: Tensor, naive_mean: float, naive_sigma: float, sigma_true: float = SIGMA_TRUE_2024
+) -> Tensor:
+    """The Ariel 2024 score of a whole prediction table (see module docstring).
+
+    Args:
+        y: True depths, shape (planets, bins).
+        mu: Predicted depths, shape (planets, bins).
+        sigma: Predicted standard deviations, shape (planets, bins).
+        naive_mean: Mean of the training labels (scalar).
+        naive_sigma: Standard deviation of the training labels (scalar).
+        sigma_true: The ideal prediction's standard deviation.
+
+    Returns:
+        A scalar in [0, 1].
+    """
+    metric = ArielScore2024(naive_mean, naive_sigma, sigma_true).to(y.device)
+    metric.update(mu, sigma, y)
+    return metric.compute()
+
+
+def score_2025(
+    y: Tensor,
+    mu: Tensor,
+    sigma: Tensor,
+    naive_mean: float,
+    naive_sigma: float,
+    fgs1_sigma_true: float = FGS1_SIGMA_TRUE_2025,
+    airs_sigma_true: float = AIRS_SIGMA_TRUE_2025,
+    fgs1_weight: float = FGS1_WEIGHT_2025,
+) -> Tensor:
+    """The Ariel 2025 score of a whole prediction table (see module docstring); a scalar in [0, 1]."""
+    metric = ArielScore2025(naive_mean, naive_sigma, fgs1_sigma_true, airs_sigma_true, fgs1_weight).to(y.device)
+    metric.update(mu, sigma, y)
+    return metric.compute()
+
+
+class _NaiveMixin:
+    """The naive prediction (training-label mean and standard deviation), settable after init."""
+
+    naive_mean: float
+    naive_sigma: float
+
+    def set_naive(self, mean: float, sigma: float) -> None:
+        """Set the naive prediction from the training labels (mean and standard deviation, depth)."""
+        _check_naive(float(sigma))
+        self.naive_mean, self.naive_sigma = float(mean), float(sigma)
+
+
+class ArielScore2024(_NaiveMixin, Metric):
+    """Ariel 2024 score: the GLL sums of prediction, naive and ideal, normalised once at the end.
+
+    Args:
+        naive_mean: Mean of all training labels (depth fraction).
+        naive_sigma: Standard deviation of all training labels (depth fraction).
+        sigma_true: Standard deviation of the ideal prediction (depth fraction).
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self, naive_mean: float = 0.0, naive_sigma: float = 1.0, sigma_true: float = SIGMA_TRUE_2024, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.set_naive(naive_mean, naive_sigma)
+        self.sigma_true = float(sigma_true)
+        for name in ("gll_pred", "gll_naive", "gll_ideal"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        """Add a batch: ``mu``, ``sigma``, ``y`` of shape (planets, bins)."""
+        _check_inputs(mu, sigma, y)
+        y, mu, sigma = y.double(), mu.double(), sigma.double()
+        self.gll_pred += gaussian_log_likelihood(y, mu, sigma).sum()
+        self.gll_naive += gaussian_log_likelihood(y, torch.full_like(y, self.naive_mean), self.naive_sigma).sum()
+        self.gll_ideal += gaussian_log_likelihood(y, y, self.sigma_true).sum()
+
+    def compute(self) -> Tensor:
+        """The clipped score, a float64 scalar in [0, 1]."""
+        score = (self.gll_pred - self.gll_naive) / (self.gll_ideal - self.gll_naive)
+        return score.clamp(0.0, 1.0)
+
+
+class ArielScore2025(_NaiveMixin, Metric):
+    """Ariel 2025 score: per-cell normalised GLL, weighted mean (FGS1 weight 57.846, AIRS 1).
+
+    Args:
+        naive_mean: Mean of all training labels (depth fraction).
+        naive_sigma: Standard deviation of all training labels (depth fraction).
+        fgs1_sigma_true: Ideal standard deviation of the FGS1 cell (column 0).
+        airs_sigma_true: Ideal standard deviation of the AIRS cells (columns 1..).
+        fgs1_weight: Weight of the FGS1 cell; each AIRS cell weighs 1.
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        naive_mean: float = 0.0,
+        naive_sigma: float = 1.0,
+        fgs1_sigma_true: float = FGS1_SIGMA_TRUE_2025,
+        airs_sigma_true: float = AIRS_SIGMA_TRUE_2025,
+        fgs1_weight: float = FGS1_WEIGHT_2025,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.set_naive(naive_mean, naive_sigma)
+        self.fgs1_sigma_true, self.airs_sigma_true = float(fgs1_sigma_true), float(airs_sigma_true)
+        self.fgs1_weight = float(fgs1_weight)
+        self.add_state("weighted", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _cell_weights(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-column ideal sigma and weight, shape (bins,)."""
+        sigma_true = torch.full(y.shape[-1:], self.airs_sigma_true, dtype=y.dtype, device=y.device)
+        weight = torch.ones(y.shape[-1:], dtype=y.dtype, device=y.device)
+        sigma_true[0], weight[0] = self.fgs1_sigma_true, self.fgs1_weight
+        return sigma_true, weight
+
+    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        """Add a batch: ``mu``, ``sigma``, ``y`` of shape (planets, bins); column 0 is FGS1."""
+        _check_inputs(mu, sigma, y)
+        y, mu, sigma = y.double(), mu.double(), sigma.double()
+        sigma_true, weight = self._cell_weights(y)
+        pred = gaussian_log_likelihood(y, mu, sigma)
+        naive = gaussian_log_likelihood(y, torch.full_like(y, self.naive_mean), self.naive_sigma)
+        ideal = gaussian_log_likelihood(y, y, sigma_true)
+        cell = (pred - naive) / (ideal - naive)
+        self.weighted += (cell * weight).sum()
+        self.weight += weight.sum() * y.shape[0]
+
+    def compute(self) -> Tensor:
+        """The clipped weighted mean, a float64 scalar in [0, 1]."""
+        return (self.weighted / self.weight).clamp(0.0, 1.0)
+
+
+class MeanGLL(Metric):
+    """Mean Gaussian log-likelihood per cell (nats; higher is better)."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        """Add a batch of shape (planets, bins)."""
+        _check_inputs(mu, sigma, y)
+        self.total += gaussian_log_likelihood(y.double(), mu.double(), sigma.double()).sum()
+        self.count += y.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
+class MAEppm(Metric):
+    """Mean absolute error of the depths, in parts per million of the stellar flux."""
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mu: Tensor, y: Tensor) -> None:
+        """Add a batch: predicted and true depths (fractions), same shape."""
+        self.total += (y.double() - mu.double()).abs().sum()
+        self.count += y.numel()
+
+    def compute(self) -> Tensor:
+        return 1e6 * self.total / self.count
+
+
+def central_z(level: float) -> float:
+    """Half-width, in standard deviations, of the central ``level`` interval of N(0, 1)."""
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"interval level {level} is outside (0, 1)", "use e.g. 0.68 or 0.95")
+    return float(torch.special.ndtri(torch.tensor(0.5 + level / 2.0, dtype=torch.float64)))
+
+
+class IntervalCoverage(Metric):
+    """Share of cells whose truth lies in the central Gaussian interval ``mu ± z(level) sigma``.
+
+    Args:
+        level: Nominal coverage of the interval, e.g. 0.68 (z = 0.994) or 0.95 (z = 1.960).
+    """
+
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, level: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.level = float(level)
+        self.z = central_z(self.level)
+        self.add_state("inside", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        """Add a batch of shape (planets, bins)."""
+        _check_inputs(mu, sigma, y)
+        self.inside += ((y - mu).abs() <= self.z * sigma).sum()
+        self.count += y.numel()
+
+    def compute(self) -> Tensor:
+        return self.inside / self.count
+
+
+class ZScoreMoments(Metric):
+    """Mean and standard deviation of ``z = (y - mu) / sigma`` (0 and 1 when calibrated)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("count", "sum_z", "sum_z2"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        """Add a batch of shape (planets, bins)."""
+        _check_inputs(mu, sigma, y)
+        z = (y.double() - mu.double()) / sigma.double()
+        self.count += z.numel()
+        self.sum_z += z.sum()
+        self.sum_z2 += (z**2).sum()
+
+    def compute(self) -> Tensor:
+        """``[mean, std]`` of z (population standard deviation), float64."""
+        mean = self.sum_z / self.count
+        var = (self.sum_z2 / self.count - mean**2).clamp(min=0.0)
+        return torch.stack([mean, var.sqrt()])

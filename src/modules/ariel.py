@@ -1,0 +1,259 @@
+"""LightningModule of the Ariel task: any network that maps a batch to (mu, sigma) of 283 depths.
+
+The network comes from config (``configs/model/ariel_*.yaml``): the V50 network or a baseline.
+Before training, the network's ``fit_training_data`` (if it has one) fits its closed-form
+statistics on the whole training split, and the module records the naive prediction (mean and
+standard deviation of all training labels) that both competition scores are normalised by. Both
+live in buffers, so a checkpoint carries them.
+
+Loss: Gaussian negative log-likelihood in the network's units ``(y - ref) / unit``, optionally
+preceded by ``mse_warmup_epochs`` of mean squared error on mu (sigma untrained), plus any loss
+terms callbacks register (``add_loss_term``; e.g. ``PhysicsConstraints``).
+
+Logged: ``train/loss``, ``val/loss``, ``val/gll``, ``val/score2024``, ``val/score2025``,
+``val/mae_ppm``, ``val/cov68``, ``val/cov95``, ``val/z_mean``, ``val/z_std`` (torchmetrics,
+synced across processes). ``validation_step`` and ``predict_step`` return the predictions as
+dicts of tensors for the callbacks (calibration, physics checks, report, submission).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from src.core.errors import ConfigError, TrainingError
+from src.metrics.ariel import (
+    ArielScore2024,
+    ArielScore2025,
+    IntervalCoverage,
+    MAEppm,
+    MeanGLL,
+    ZScoreMoments,
+)
+from src.modules.networks.ariel_parts import ArielOutput
+
+LOSSES = ("gaussian_nll", "mse")
+LossTerm = Callable[[ArielOutput, dict[str, Tensor]], Tensor]
+
+
+def gaussian_nll(t: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """Mean Gaussian negative log-likelihood without the constant: ``ln sigma + (t - mu)^2 / 2 sigma^2``."""
+    return (torch.log(sigma) + 0.5 * ((t - mu) / sigma) ** 2).mean()
+
+
+class ArielMetrics(nn.Module):
+    """The validation metrics of one split, updated together from (mu, sigma, y)."""
+
+    #: Single-valued metrics, logged as ``<split>/<name>``.
+    SCALARS = ("score2024", "score2025", "gll", "mae_ppm", "cov68", "cov95")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score2024, self.score2025 = ArielScore2024(), ArielScore2025()
+        self.gll, self.mae_ppm = MeanGLL(), MAEppm()
+        self.cov68, self.cov95 = IntervalCoverage(0.68), IntervalCoverage(0.95)
+        self.z = ZScoreMoments()
+
+    def set_naive(self, mean: float, sigma: float) -> None:
+        self.score2024.set_naive(mean, sigma)
+        self.score2025.set_naive(mean, sigma)
+
+    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        for name in ("score2024", "score2025", "gll", "cov68", "cov95", "z"):
+            getattr(self, name).update(mu, sigma, y)
+        self.mae_ppm.update(mu, y)
+
+    def reset(self) -> None:
+        for metric in self.children():
+            metric.reset()
+
+    def log_to(self, module: pl.LightningModule, prefix: str, batch_size: int) -> None:
+        """Log the metric objects (Lightning computes and resets them at epoch end)."""
+        for name in self.SCALARS:
+            module.log(f"{prefix}/{name}", getattr(self, name), on_epoch=True, batch_size=batch_size)
+
+    def log_z(self, module: pl.LightningModule, prefix: str) -> None:
+        """Log z mean/std (a two-valued metric, computed and reset by hand at epoch end)."""
+        if int(self.z.update_count) == 0:
+            return
+        mean, std = self.z.compute()
+        module.log(f"{prefix}/z_mean", mean.float())
+        module.log(f"{prefix}/z_std", std.float())
+        self.z.reset()
+
+
+class ArielRegressor(pl.LightningModule):
+    """Depths and sigmas of 283 spectral bins from calibrated light curves.
+
+    Args:
+        net: Maps a batch dict to an :class:`ArielOutput`; may implement
+            ``fit_training_data(batches)``.
+        optimizer: Partial optimizer (called with the trainable parameters); ignored, and no
+            optimizer is made, when the network has no trainable parameters (the polynomial fit).
+        scheduler: Optional partial scheduler called with ``optimizer`` and ``total_steps``,
+            stepped every optimizer step.
+        loss: ``gaussian_nll`` or ``mse`` (mu only; for mu-only networks).
+        mse_warmup_epochs: Epochs of MSE on mu before the Gaussian NLL takes over.
+        stats_batch_size: Batch size of the pass over the training split that fits statistics.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        loss: str = "gaussian_nll",
+        mse_warmup_epochs: int = 0,
+        stats_batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss={loss!r} is unknown", f"use one of {list(LOSSES)}")
+        self.save_hyperparameters(logger=False, ignore=["net"])
+        self.net = net
+        self.val_metrics = ArielMetrics()
+        self.test_metrics = ArielMetrics()
+        self.register_buffer("naive_mean", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("naive_sigma", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("fitted", torch.tensor(False))
+        self.loss_terms: dict[str, LossTerm] = {}
+
+    # ---- set-up ----------------------------------------------------------------------------------
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the network has parameters to train."""
+        return any(p.requires_grad for p in self.parameters())
+
+    def add_loss_term(self, name: str, term: LossTerm) -> None:
+        """Add ``term(output, batch)`` (a scalar) to the training loss; logged as ``train/<name>``."""
+        self.loss_terms[name] = term
+
+    def fit_training_statistics(self, loader: DataLoader) -> None:
+        """Fit the network's closed-form statistics and the naive prediction on the training split."""
+        batches = [b for b in loader]
+        if hasattr(self.net, "fit_training_data"):
+            self.net.fit_training_data(batches)
+        targets = torch.cat([b["target"] for b in batches]).double()
+        self.naive_mean.fill_(float(targets.mean()))
+        self.naive_sigma.fill_(float(targets.std(unbiased=False).clamp(min=1e-12)))
+        self.fitted.fill_(True)
+        self._sync_naive(self.naive_mean, self.naive_sigma)
+
+    @override
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or bool(self.fitted):
+            return
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        dataset = getattr(dm, "train_set", None)
+        if dataset is None:
+            raise ConfigError(
+                "ArielRegressor needs the datamodule's train_set to fit its training statistics",
+                "use src.datamodules.ariel.datamodule.ArielDataModule (data=ariel or data=ariel_toy)",
+            )
+        self.fit_training_statistics(DataLoader(dataset, batch_size=self.hparams.stats_batch_size, shuffle=False))
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        if "naive_sigma" in state:
+            self._sync_naive(state["naive_mean"], state["naive_sigma"])
+
+    def _sync_naive(self, mean: Tensor, sigma: Tensor) -> None:
+        """Give the score metrics the naive prediction (training-label mean and std)."""
+        for metrics in (self.val_metrics, self.test_metrics):
+            metrics.set_naive(float(mean), float(sigma))
+
+    # ---- forward and loss ------------------------------------------------------------------------
+
+    @override
+    def forward(self, batch: dict[str, Tensor]) -> ArielOutput:
+        return self.net(batch)
+
+    def _mse_phase(self) -> bool:
+        return self.hparams.loss == "mse" or self.current_epoch < self.hparams.mse_warmup_epochs
+
+    def _loss(self, out: ArielOutput, target: Tensor, mse: bool) -> Tensor:
+        t = (target - out.ref) / out.unit
+        mu = (out.mu - out.ref) / out.unit
+        if mse:
+            return ((t - mu) ** 2).mean()
+        return gaussian_nll(t, mu, out.sigma / out.unit)
+
+    @override
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        out = self(batch)
+        n = batch["target"].shape[0]
+        loss = self._loss(out, batch["target"], self._mse_phase())
+        for name, term in self.loss_terms.items():
+            value = term(out, batch)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+            loss = loss + value
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite training loss {float(loss)} at epoch {self.current_epoch}, batch {batch_idx}",
+                "lower model.optimizer.lr, raise model.net.head.sigma_floor or add mse_warmup_epochs",
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        return loss if self.trainable else None
+
+    def _outputs(self, out: ArielOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        result = {
+            "planet_id": batch["planet_id"],
+            "mu": out.mu.detach(),
+            "sigma": out.sigma.detach(),
+            "sigma_raw": out.sigma.detach(),
+            "embedding": out.embedding.detach(),
+        }
+        if "target" in batch:
+            result["target"] = batch["target"]
+        return result
+
+    @override
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        out = self(batch)
+        n = batch["target"].shape[0]
+        loss = self._loss(out, batch["target"], self._mse_phase())
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.val_metrics.update(out.mu, out.sigma, batch["target"])
+        self.val_metrics.log_to(self, "val", n)
+        return self._outputs(out, batch)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.val_metrics.log_z(self, "val")
+
+    @override
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if "target" not in batch:
+            return  # the competition's test planets have no labels: predictions, not scores
+        out = self(batch)
+        n = batch["target"].shape[0]
+        self.test_metrics.update(out.mu, out.sigma, batch["target"])
+        self.test_metrics.log_to(self, "test", n)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics.log_z(self, "test")
+
+    @override
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._outputs(self(batch), batch)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params or self.hparams.optimizer is None:
+            return None
+        optimizer = self.hparams.optimizer(params=params)
+        if self.hparams.scheduler is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,151 @@
+"""The Ariel experiments end to end on a tiny simulated dataset: train, artifacts, predict, report.
+
+One V50 run (2 epochs) is shared by the tests of this module; the report it writes is rendered in
+headless Chromium. Chromium is Debian's ``chromium`` package (``make setup`` installs it); where it
+is absent the rendering test skips, except under ``CI=true``, where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import open_dict
+from PIL import Image
+
+from src.core.training import train
+from src.datamodules.ariel.forward import SimConfig
+from src.datamodules.ariel.simulate import simulate_dataset
+from src.modules.ariel_predict import predict
+from tests.conftest import compose_cfg, read_metrics
+
+#: 6 labelled + 1 test planet, 24 time bins per instrument: every code path in seconds.
+TINY_DATA = [
+    "data=ariel_toy",
+    "data.n_folds=2",
+    "data.batch_size=2",
+    "data.calibration.instruments.FGS1.bin_size=4",
+    "data.calibration.instruments.AIRS-CH0.bin_size=1",
+    "logger=csv",
+    "extras.print_config=false",
+]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_ariel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = replace(SimConfig(), airs_pairs=24, fgs1_pairs=96)
+    return simulate_dataset(tmp_path_factory.mktemp("ariel") / "tiny", planets=6, seed=11, test_planets=1, cfg=cfg)
+
+
+def _cfg(root: Path, data: Path, experiment: str, *extra: str):
+    return compose_cfg([f"experiment={experiment}", *TINY_DATA, f"data.root={data}", *extra], root)
+
+
+@pytest.fixture(scope="module")
+def v50_run(tiny_ariel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(project root, run directory) of a 2-epoch V50 run on the tiny dataset."""
+    root = tmp_path_factory.mktemp("root")
+    cfg = _cfg(root, tiny_ariel, "ariel_v50", "trainer.max_epochs=2")
+    train(cfg)
+    return root, Path(cfg.paths.output_dir)
+
+
+@pytest.mark.slow
+def test_v50_run_writes_scores_and_artifacts(v50_run: tuple[Path, Path], tiny_ariel: Path) -> None:
+    _, run_dir = v50_run
+    metrics = read_metrics(run_dir)
+    for key in ("val/score2024", "val/score2025", "val/cal/score2024", "val/cov68", "val/cal/cov95"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["val/mae_ppm"] > 0 and np.isfinite(metrics["val/gll"]) and metrics["global_step"] == 2 * 2
+    assert 0.0 <= metrics["val/physics/planet_rate"] <= 1.0 and metrics["val/ts_scale"] > 0
+    sub = pd.read_csv(run_dir / "submission.csv")
+    test_ids = sorted(int(p.name) for p in (tiny_ariel / "test").iterdir())
+    assert sub.shape == (1, 567) and sorted(sub["planet_id"]) == test_ids
+    assert (sub.filter(like="sigma_") > 0).all().all() and sub.filter(like="wl_").abs().max().max() < 0.1
+    val = pd.read_csv(run_dir / "predictions" / "val.csv")
+    assert len(val) == 3 and set(val["fold"]) == {0}
+    conformal = json.loads((run_dir / "conformal.json").read_text())
+    assert set(conformal["quantiles"]) == {"68", "95"} and len(conformal["quantiles"]["68"]) == 283
+    assert (run_dir / "physics_planets.csv").is_file() and (run_dir / "physics_bins.csv").is_file()
+    page = (run_dir / "report.html").read_text()
+    assert page.count("<img") == 7 and "Coverage against nominal" in page and "<script" not in page
+
+
+@pytest.mark.slow
+def test_checkpoint_carries_the_temperature_and_predict_reproduces_fit(v50_run: tuple[Path, Path], tiny_ariel) -> None:
+    root, run_dir = v50_run
+    for name in ("last.ckpt", Path(read_metrics(run_dir)["best/checkpoint"]).name):
+        state = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)["callbacks"]
+        assert len(state["TemperatureScaling"]["scale"]) == 283, name
+    cfg = _cfg(root, tiny_ariel, "ariel_v50", "trainer.max_epochs=2")
+    with open_dict(cfg):
+        # last.ckpt: the final weights, which the run's own predictions used (weights: final)
+        cfg.ckpt, cfg.output, cfg.split = "last", str(run_dir / "val_again.csv"), "val"
+    predict(cfg)
+    again = pd.read_csv(run_dir / "val_again.csv")
+    after_fit = pd.read_csv(run_dir / "predictions" / "val.csv").drop(columns="fold")
+    assert again["planet_id"].tolist() == after_fit["planet_id"].tolist()
+    # Same weights and calibration; only the batch layout differs (float32 sums): within 0.1 ppm.
+    np.testing.assert_allclose(again.to_numpy()[:, 1:], after_fit.to_numpy()[:, 1:], rtol=0, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_polyfit_baseline_runs_through_the_pipeline_without_an_optimizer(tiny_ariel: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, tiny_ariel, "ariel_polyfit")
+    train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    metrics = read_metrics(run_dir)
+    assert 0.0 <= metrics["val/cal/score2024"] <= 1.0 and metrics["epoch"] == 1
+    assert (run_dir / "submission.csv").is_file() and (run_dir / "report.html").is_file()
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("chromium is not installed but CI=true: install Debian's chromium package (make setup)")
+    pytest.skip("chromium not installed (Debian: apt-get install chromium); the report is not rendered")
+    return None
+
+
+def _run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium_without_console_errors(v50_run: tuple[Path, Path], tmp_path: Path) -> None:
+    chromium = _chromium()
+    _, run_dir = v50_run
+    url = (run_dir / "report.html").resolve().as_uri()
+    dom = _run_chromium(chromium, tmp_path / "profile-dom", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<img") == 7 and "Ariel report" in dom.stdout
+    shot = tmp_path / "report.png"
+    proc = _run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,2400", url)
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    console = [line for line in (dom.stderr + proc.stderr).splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+    assert not console, "\n".join(console)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # not blank: text and figures drawn
