@@ -25,6 +25,7 @@ browser:
 
 demo: setup
 	$(PY) train.py experiment=digits
+	$(PY) train.py experiment=ariel_v50 data=ariel_toy
 
 test: setup browser
 	$(PY) -m pytest
