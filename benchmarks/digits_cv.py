@@ -1,6 +1,6 @@
 """Digits, 5 folds × two timm backbones, then ensembles fitted on out-of-fold predictions only.
 
-    python benchmarks/digits_cv.py [--members resnet18 resnet10t] [--epochs 10]
+    python benchmarks/digits_cv.py [--members resnet10t lcnet_050] [--epochs 8]
 
 Runs `cv.py experiment=digits model.net.model_name=<m>` per member (finished folds are reused
 on a rerun), then `ensemble.py` over the members, and prints the ranking table (OOF accuracy,
@@ -34,8 +34,8 @@ def run(cmd: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--members", nargs="+", default=["resnet18", "resnet10t"])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--members", nargs="+", default=["resnet10t", "lcnet_050"])
+    parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
     root = Path(os.environ.get("PODIUM_ROOT", ROOT))
     member_dirs = []
