@@ -53,6 +53,7 @@ bench: setup
 	$(PY) benchmarks/digits_cv.py
 	$(PY) benchmarks/ariel_calibration.py
 	$(PY) benchmarks/ariel_quality.py
+	$(PY) benchmarks/video_postfilter.py
 
 clean-runs:
 	rm -rf outputs mlruns/mlflow.db mlruns/artifacts

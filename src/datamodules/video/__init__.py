@@ -1,0 +1,1 @@
+"""Video frame pairs for learned post-filters: codec round trip (PyAV), cache, time split, datamodule."""

@@ -1,0 +1,52 @@
+"""Train/validation/test split of a video by time: contiguous blocks, never random frames.
+
+Neighbouring frames of a video are near-duplicates, so a random split would score a post-filter
+on frames it has practically seen. The blocks come in time order (train, then val, then test:
+the test block is the latest footage) with ``gap`` unused frames between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from src.core.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+def time_split(n_frames: int, fractions: Sequence[float], gap: int = 0) -> dict[str, range]:
+    """Contiguous, ordered, non-overlapping frame blocks.
+
+    Args:
+        n_frames: Frames in the video.
+        fractions: Shares of (train, val, test), summing to 1; train takes the rounding rest.
+        gap: Frames left out between consecutive blocks.
+
+    Returns:
+        ``{"train": range, "val": range, "test": range}`` of frame indices.
+
+    Raises:
+        ConfigError: Fractions not three non-negative numbers summing to 1, a negative gap, or
+            a block that would be empty.
+    """
+    fractions = [float(f) for f in fractions]
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.split={fractions} is not three non-negative shares (train, val, test) summing to 1",
+            "use e.g. data.split=[0.7,0.15,0.15]",
+        )
+    if gap < 0:
+        raise ConfigError(f"data.gap={gap} is negative", "use 0 or a few frames")
+    usable = n_frames - 2 * gap
+    n_val, n_test = round(usable * fractions[1]), round(usable * fractions[2])
+    sizes = [usable - n_val - n_test, n_val, n_test]
+    if min(sizes) < 1:
+        raise ConfigError(
+            f"a video of {n_frames} frames split {fractions} with gap {gap} leaves blocks of {sizes} frames",
+            "use a longer video, larger shares for the empty blocks, or a smaller data.gap",
+        )
+    blocks, start = {}, 0
+    for name, size in zip(SPLITS, sizes, strict=True):
+        blocks[name] = range(start, start + size)
+        start += size + gap
+    return blocks

@@ -1,0 +1,1 @@
+"""What ships with a compressed video: the int8 post-filter artifact and the ``inflate`` side."""

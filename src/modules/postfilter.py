@@ -1,0 +1,134 @@
+"""LightningModule of a video post-filter: decoded frame in, restored frame out.
+
+Trains on (decoded, original) patches with a configurable restoration loss and scores whole
+validation/test frames: ``val/psnr`` and ``val/ssim`` of the filtered frames, ``val/psnr_gain``
+over the decoded input (mean per-frame PSNR difference, dB). Int8 QAT is switched on by the
+``QuantizationAwareTraining`` callback through ``prepare_qat``; checkpoints record whether the conv
+stack is prepared, so ``load_from_checkpoint`` rebuilds the prepared graph before loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from typing_extensions import override
+
+from src.metrics.video import FrameDistortion
+from src.modules.losses import RestorationLoss
+from src.modules.networks.postfilter import PostFilterCNN
+from src.modules.networks.postfilter_quant import PostFilterQuantizer, prepare_qat, set_quantization
+
+QAT_KEY = "postfilter_qat"
+
+
+class PostFilterModule(pl.LightningModule):
+    """Residual post-filter trained on frame pairs.
+
+    Args:
+        net: The filter, ``(batch, C, H, W)`` in [0, 1] → same.
+        optimizer: Partial optimizer, called with the parameters.
+        scheduler: Optional partial scheduler, called with ``optimizer`` and ``total_steps``.
+        loss: ``RestorationLoss`` arguments (``l1``, ``mse``, ``ms_ssim`` weights, ...).
+    """
+
+    def __init__(
+        self,
+        net: PostFilterCNN,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        loss: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net"])
+        self.net = net
+        self.loss = RestorationLoss(**dict(loss or {}))
+        self.quantizer_config: dict[str, float] | None = None
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_{kind}": FrameDistortion() for stage in ("val", "test") for kind in ("filtered", "decoded")}
+        )
+
+    @override
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.net(frames)
+
+    @property
+    def qat_prepared(self) -> bool:
+        """Whether the conv stack carries fake quantizers (``prepare_qat`` ran)."""
+        return self.quantizer_config is not None
+
+    def prepare_qat(self, quantizer: PostFilterQuantizer) -> None:
+        """Export the conv stack and insert fake quantizers, switched off (float behaviour)."""
+        if self.qat_prepared:
+            return
+        self.net.body = prepare_qat(self.net.body, self.net.body_channels, quantizer)
+        set_quantization(self.net.body, fake_quant=False, observe=False)
+        self.quantizer_config = quantizer.config()
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.qat_prepared:
+            checkpoint[QAT_KEY] = dict(self.quantizer_config)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The prepared graph has other modules than the float stack: build it before the state
+        # dict (weights and observer buffers) is loaded into it.
+        if QAT_KEY in checkpoint and not self.qat_prepared:
+            self.prepare_qat(PostFilterQuantizer(**checkpoint[QAT_KEY]))
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["decoded"]), batch["original"])
+        n = batch["decoded"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        decoded, original = batch["decoded"], batch["original"]
+        restored = self(decoded)
+        n = decoded.shape[0]
+        self.log(f"{stage}/loss", self.loss(restored, original), on_epoch=True, batch_size=n, sync_dist=True)
+        self.metrics[f"{stage}_filtered"].update(restored.clamp(0, 1), original)
+        self.metrics[f"{stage}_decoded"].update(decoded, original)
+
+    def _log_distortion(self, stage: str) -> None:
+        filtered = self.metrics[f"{stage}_filtered"].compute()
+        decoded = self.metrics[f"{stage}_decoded"].compute()
+        values = {
+            f"{stage}/psnr": filtered["psnr"],
+            f"{stage}/ssim": filtered["ssim"],
+            f"{stage}/psnr_gain": filtered["psnr"] - decoded["psnr"],
+            f"{stage}/psnr_decoded": decoded["psnr"],
+        }
+        for key, value in values.items():
+            self.log(key, value, prog_bar=key.endswith(("psnr", "gain")), sync_dist=True)
+        self.metrics[f"{stage}_filtered"].reset()
+        self.metrics[f"{stage}_decoded"].reset()
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_distortion("val")
+
+    @override
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_distortion("test")
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = self.hparams.optimizer(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
