@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from src.core.errors import ConfigError
 from src.modules.sam import frozen_bn_stats, sam_ascend, sam_descend
+from src.modules.schedulers import step_scheduled_optimizers
 
 
 class ImageClassifier(pl.LightningModule):
@@ -203,9 +204,4 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        total = self.trainer.estimated_stepping_batches
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return step_scheduled_optimizers(self)

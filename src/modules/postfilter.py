@@ -20,6 +20,7 @@ from src.metrics.video import FrameDistortion
 from src.modules.losses import RestorationLoss
 from src.modules.networks.postfilter import PostFilterCNN
 from src.modules.networks.postfilter_quant import PostFilterQuantizer, prepare_qat, set_quantization
+from src.modules.schedulers import step_scheduled_optimizers
 
 QAT_KEY = "postfilter_qat"
 
@@ -126,9 +127,4 @@ class PostFilterModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        total = self.trainer.estimated_stepping_batches
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return step_scheduled_optimizers(self)
