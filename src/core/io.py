@@ -10,9 +10,15 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: Suffix of the temporary siblings written before the rename.
+TEMP_SUFFIX = ".tmp"
+#: Age (seconds) after which a temporary in a folder shared by several runs counts as abandoned.
+STALE_TEMP_S = 3600.0
 
 
 @contextlib.contextmanager
@@ -29,18 +35,52 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, final)
+        _commit(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Make ``tmp`` durable, then move it onto ``final`` in one step (the fault tests hook here)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+    os.replace(tmp, final)
+
+
+def is_temp_file(path: Path) -> bool:
+    """Whether ``path`` is a temporary sibling made by :func:`atomic_path`."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
+
+def sweep_temp_files(folder: str | os.PathLike[str], older_than_s: float = 0.0) -> list[Path]:
+    """Delete the temporaries of writes that never completed (a killed process leaves them).
+
+    Args:
+        folder: Searched recursively.
+        older_than_s: Only delete temporaries at least this old (seconds), so a folder shared
+            with a live writer (a data cache) keeps that writer's file.
+
+    Returns:
+        The deleted paths.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    gone = []
+    for p in root.rglob(f".*{TEMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            if is_temp_file(p) and p.is_file() and p.stat().st_mtime <= cutoff:
+                p.unlink()
+                gone.append(p)
+    return gone
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

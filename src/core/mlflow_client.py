@@ -20,6 +20,28 @@ def tracking_uri(store_dir: str | Path) -> str:
     return f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
 
 
+def ensure_store(store_dir: str | Path) -> str:
+    """Create or upgrade the store's database under an exclusive file lock; return its URI.
+
+    MLflow builds (and migrates) a SQLite store on first use; several runs that start at once
+    against a new store would otherwise race through the same schema migration and fail.
+    """
+    import fcntl
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = Path(store_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(folder)
+    with open(folder / ".store.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            SqlAlchemyStore(uri, artifact_root(folder))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return uri
+
+
 def artifact_root(store_dir: str | Path) -> str:
     """The artifact location new experiments of the store get."""
     return (Path(store_dir).resolve() / "artifacts").as_uri()
@@ -38,11 +60,10 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def client(store_dir: str | Path) -> Any:
-    """An ``MlflowClient`` on the store, creating its folder if needed."""
+    """An ``MlflowClient`` on the store, creating the store if needed."""
     import mlflow
 
-    Path(store_dir).mkdir(parents=True, exist_ok=True)
-    return mlflow.MlflowClient(tracking_uri(store_dir))
+    return mlflow.MlflowClient(ensure_store(store_dir))
 
 
 def experiment_id(mlf: Any, name: str, store_dir: str | Path) -> str:

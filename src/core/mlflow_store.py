@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.core.mlflow_client import artifact_root, flatten, log_run_dir, tracking_uri
+from src.core.mlflow_client import artifact_root, ensure_store, flatten, log_run_dir, tracking_uri
 
 __all__ = ["PodiumMLFlowLogger", "artifact_root", "flatten", "tracking_uri"]
 
@@ -44,7 +44,7 @@ class PodiumMLFlowLogger(MLFlowLogger):
         log_checkpoints: bool = False,
         parent_run_id: str | None = None,
     ) -> None:
-        Path(store_dir).mkdir(parents=True, exist_ok=True)
+        uri = ensure_store(store_dir)
         run_id = None
         if manifest_path and Path(manifest_path).is_file():
             try:
@@ -59,12 +59,13 @@ class PodiumMLFlowLogger(MLFlowLogger):
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
-            tracking_uri=tracking_uri(store_dir),
+            tracking_uri=uri,
             tags=tags,
             artifact_location=artifact_root(store_dir),
             run_id=run_id,
         )
         self.log_checkpoints = log_checkpoints
+        self._logged: dict[str, set[int]] | None = None
 
     @property
     @override
@@ -90,6 +91,30 @@ class PodiumMLFlowLogger(MLFlowLogger):
         fresh = {k: v for k, v in flatten(params).items() if k not in existing}
         if fresh:
             super().log_hyperparams(fresh)
+
+    def _logged_steps(self) -> dict[str, set[int]]:
+        """Steps already on the run per metric key (a resumed run has those of its first life)."""
+        if self._logged is None:
+            client, run_id = self.experiment, self.run_id
+            keys = client.get_run(run_id).data.metrics
+            self._logged = {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+        return self._logged
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log each (metric, step) once: a resumed run replays the steps after its checkpoint.
+
+        Replayed steps carry the same values (resume is exact), so the first record stands and
+        the MLflow history has every step of every metric exactly once, with no gaps.
+        """
+        at = step or 0
+        logged = self._logged_steps()
+        fresh = {k: v for k, v in metrics.items() if at not in logged.get(k, ())}
+        if fresh:
+            super().log_metrics(fresh, step)
+        for key in fresh:
+            logged.setdefault(key, set()).add(at)
 
     @rank_zero_only
     def log_run_dir(self, run_dir: str | Path) -> None:

@@ -12,11 +12,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from src.core.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from src.core.errors import RunStateError
-from src.core.io import write_text_atomic
+from src.core.io import sweep_temp_files, write_text_atomic
 from src.core.manifest import build_manifest, config_hash, utc_now
 from src.core.mlflow_store import PodiumMLFlowLogger
 from src.core.rundir import RunDir, RunState
@@ -30,6 +32,14 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
         return []
     nodes = [n for n in group.values() if isinstance(n, DictConfig) and "_target_" in n]
     return [instantiate(node) for node in nodes]
+
+
+def trainer_plugins(trainer_cfg: DictConfig) -> list[Any]:
+    """The trainer config's plugins plus atomic, verified checkpoint files (unless one is configured)."""
+    plugins = [instantiate(p) for p in trainer_cfg.get("plugins") or []]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 def _finished(run: RunDir, cfg: DictConfig) -> float | None:
@@ -90,7 +100,7 @@ def _start_records(
     write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
     run_id = mlf.run_id if mlf is not None else None
     if run.last_ckpt.is_file() and manifest:
-        ckpt = torch.load(run.last_ckpt, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = load_checkpoint_file(run.last_ckpt, mmap=True)
         manifest.setdefault("resumes", []).append(
             {
                 "at": utc_now(),
@@ -142,8 +152,11 @@ def train(cfg: DictConfig) -> float | None:
         if rank_zero_only.rank == 0:
             run.reset()
         state = RunState.FRESH
-    if state is RunState.FRESH and rank_zero_only.rank == 0:
-        run.set_aside_exception_checkpoint()
+    if rank_zero_only.rank == 0:
+        # A killed process leaves the temporaries of the writes it never finished.
+        sweep_temp_files(run.path)
+        if state is RunState.FRESH:
+            run.set_aside_exception_checkpoint()
     manifest = _check_resumable(run, cfg) if state is RunState.RESUMABLE else {}
 
     pl.seed_everything(cfg.seed, workers=True)
@@ -157,7 +170,9 @@ def train(cfg: DictConfig) -> float | None:
 
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg.trainer)
+    )
     mlf = _mlflow(loggers)
     _start_records(run, cfg, manifest, fingerprint, mlf)
     if state is RunState.RESUMABLE:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from src.core.errors import ConfigError, TrainingError
+from src.core.errors import ConfigError
 from src.metrics.ariel import (
     ArielScore2024,
     ArielScore2025,
@@ -36,6 +36,7 @@ from src.metrics.ariel import (
     MeanGLL,
     ZScoreMoments,
 )
+from src.modules.guard import check_policy, guard_loss, snapshot_buffers
 from src.modules.networks.ariel_parts import ArielOutput
 
 LOSSES = ("gaussian_nll", "mse")
@@ -101,6 +102,7 @@ class ArielRegressor(pl.LightningModule):
         loss: ``gaussian_nll`` or ``mse`` (mu only; for mu-only networks).
         mse_warmup_epochs: Epochs of MSE on mu before the Gaussian NLL takes over.
         stats_batch_size: Batch size of the pass over the training split that fits statistics.
+        nonfinite_loss: ``raise`` stops the run at a NaN/Inf training loss; ``skip`` drops that batch.
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class ArielRegressor(pl.LightningModule):
         loss: str = "gaussian_nll",
         mse_warmup_epochs: int = 0,
         stats_batch_size: int = 64,
+        nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        check_policy(nonfinite_loss)
         if loss not in LOSSES:
             raise ConfigError(f"model.loss={loss!r} is unknown", f"use one of {list(LOSSES)}")
         self.save_hyperparameters(logger=False, ignore=["net"])
@@ -188,6 +192,7 @@ class ArielRegressor(pl.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        saved = snapshot_buffers(self, self.hparams.nonfinite_loss)
         out = self(batch)
         n = batch["target"].shape[0]
         loss = self._loss(out, batch["target"], self._mse_phase())
@@ -195,11 +200,8 @@ class ArielRegressor(pl.LightningModule):
             value = term(out, batch)
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
             loss = loss + value
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite training loss {float(loss)} at epoch {self.current_epoch}, batch {batch_idx}",
-                "lower model.optimizer.lr, raise model.net.head.sigma_floor or add mse_warmup_epochs",
-            )
+        if guard_loss(self, loss, batch_idx, self.hparams.nonfinite_loss, saved) is None:
+            return None
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss if self.trainable else None
 

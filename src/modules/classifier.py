@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from src.core.errors import ConfigError
+from src.modules.guard import check_policy, guard_loss, snapshot_buffers
 from src.modules.sam import frozen_bn_stats, sam_ascend, sam_descend
 from src.modules.schedulers import step_scheduled_optimizers
 
@@ -44,6 +45,7 @@ class ImageClassifier(pl.LightningModule):
         grad_clip: Gradient-norm clip used on the SAM path (the Trainer's ``gradient_clip_val``
             applies otherwise).
         channels_last: Run the network in channels-last memory format.
+        nonfinite_loss: ``raise`` stops the run at a NaN/Inf training loss; ``skip`` drops that batch.
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class ImageClassifier(pl.LightningModule):
         sam_adaptive: bool = False,
         grad_clip: float | None = None,
         channels_last: bool = False,
+        nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        check_policy(nonfinite_loss)
         self.save_hyperparameters(logger=False, ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.automatic_optimization = sam_rho <= 0
@@ -124,26 +128,31 @@ class ImageClassifier(pl.LightningModule):
         return F.cross_entropy(logits, targets, weight=self.class_weight, label_smoothing=smoothing), logits
 
     @override
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         images, labels = batch["image"], batch["label"]
         targets = labels
         if self._mixing():
             images, targets = self.mixup(images, labels)
-        if self.automatic_optimization:
-            loss, logits = self._train_loss(images, targets)
-        else:
-            loss, logits = self._sam_step(images, targets)
+        saved = snapshot_buffers(self, self.hparams.nonfinite_loss)
+        loss, logits = self._train_loss(images, targets)
+        if guard_loss(self, loss, batch_idx, self.hparams.nonfinite_loss, saved) is None:
+            return None
+        if not self.automatic_optimization:
+            self._sam_step(loss, images, targets)
+            loss = loss.detach()
         self.train_acc(logits.detach(), labels)
         n = labels.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
-    def _sam_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SAM update: two forward/backward passes, BN statistics updated by the first only."""
+    def _sam_step(self, loss: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """One SAM update from the batch's loss: a second forward/backward at the perturbed weights.
+
+        BN statistics are updated by the first forward pass (which produced ``loss``) only.
+        """
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        loss, logits = self._train_loss(images, targets)
         self.manual_backward(loss)
         moves = sam_ascend(self.parameters(), self.hparams.sam_rho, self.hparams.sam_adaptive)
         optimizer.zero_grad()
@@ -157,7 +166,6 @@ class ImageClassifier(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        return loss.detach(), logits
 
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -17,6 +17,7 @@ import torch
 from typing_extensions import override
 
 from src.metrics.video import FrameDistortion
+from src.modules.guard import check_policy, guard_loss, snapshot_buffers
 from src.modules.losses import RestorationLoss
 from src.modules.networks.postfilter import PostFilterCNN
 from src.modules.networks.postfilter_quant import PostFilterQuantizer, prepare_qat, set_quantization
@@ -33,6 +34,7 @@ class PostFilterModule(pl.LightningModule):
         optimizer: Partial optimizer, called with the parameters.
         scheduler: Optional partial scheduler, called with ``optimizer`` and ``total_steps``.
         loss: ``RestorationLoss`` arguments (``l1``, ``mse``, ``ms_ssim`` weights, ...).
+        nonfinite_loss: ``raise`` stops the run at a NaN/Inf training loss; ``skip`` drops that batch.
     """
 
     def __init__(
@@ -41,8 +43,10 @@ class PostFilterModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         loss: dict[str, Any] | None = None,
+        nonfinite_loss: str = "raise",
     ) -> None:
         super().__init__()
+        check_policy(nonfinite_loss)
         self.save_hyperparameters(logger=False, ignore=["net"])
         self.net = net
         self.loss = RestorationLoss(**dict(loss or {}))
@@ -81,8 +85,11 @@ class PostFilterModule(pl.LightningModule):
             self.prepare_qat(PostFilterQuantizer(**checkpoint[QAT_KEY]))
 
     @override
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        saved = snapshot_buffers(self, self.hparams.nonfinite_loss)
         loss = self.loss(self(batch["decoded"]), batch["original"])
+        if guard_loss(self, loss, batch_idx, self.hparams.nonfinite_loss, saved) is None:
+            return None
         n = batch["decoded"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss

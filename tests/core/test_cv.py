@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +15,7 @@ import pytest
 
 from src.core.mlflow_store import tracking_uri
 from tests.conftest import TINY_MODEL, read_metrics
-from tests.core.test_training import wait_for
+from tests.core.test_faults import assert_each_step_once, history, killed, run
 
 CV_PY = str(Path(__file__).resolve().parents[2] / "cv.py")
 ARGS = ["experiment=digits", *TINY_MODEL, "data.n_folds=3", "trainer.max_epochs=2",
@@ -32,13 +32,10 @@ def run_cv(root: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_cv_kill_a_fold_then_rerun_skips_finished_and_resumes(root: Path) -> None:
     parent = root / "outputs" / "digits" / "cv"
-    env = {**os.environ, "PODIUM_ROOT": str(root)}
-    proc = subprocess.Popen(
-        [sys.executable, CV_PY, *ARGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_for(parent / "fold_1" / "checkpoints" / "last.ckpt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    step = random.randrange(0, 8)  # fold 1 trains 2 epochs of 4 steps
+    fault = ("--kill-at-step", str(step), "--in-fit", "2")
+    out = killed(run(root, *ARGS, faults=fault, entry=CV_PY))
+    assert f"SIGKILL at global step {step}" in out.stdout
     assert (parent / "fold_0" / "metrics.json").is_file() and not (parent / "fold_1" / "metrics.json").exists()
     fold0_stamp = (parent / "fold_0" / "metrics.json").stat().st_mtime_ns
 
@@ -46,7 +43,8 @@ def test_cv_kill_a_fold_then_rerun_skips_finished_and_resumes(root: Path) -> Non
 
     assert "already finished" in out.stdout  # fold 0 is reported, not retrained
     assert (parent / "fold_0" / "metrics.json").stat().st_mtime_ns == fold0_stamp
-    assert len(json.loads((parent / "fold_1" / "manifest.json").read_text())["resumes"]) == 1
+    resumes = json.loads((parent / "fold_1" / "manifest.json").read_text()).get("resumes", [])
+    assert len(resumes) == (1 if step >= 4 else 0), f"killed at step {step}"  # a checkpoint after epoch 0 only
     metrics = read_metrics(parent)
     assert metrics["oof/samples"] == 1797 and 0.0 <= metrics["oof/score"] <= 1.0
     assert {"cv/val/acc/mean", "cv/val/acc/std"} <= set(metrics)
@@ -64,6 +62,13 @@ def test_cv_kill_a_fold_then_rerun_skips_finished_and_resumes(root: Path) -> Non
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     assert sorted(r.info.run_name for r in children) == ["cv/fold_0", "cv/fold_1", "cv/fold_2"]
     assert all(r.info.status == "FINISHED" for r in children)
+    # The killed fold's MLflow run has every metric at the same steps as an unbroken fold, once each.
+    by_name = {r.info.run_name: r.info.run_id for r in children}
+    killed_fold, unbroken = history(root, by_name["cv/fold_1"]), history(root, by_name["cv/fold_2"])
+    assert_each_step_once(killed_fold)
+    assert {k: [s for s, _ in v] for k, v in killed_fold.items()} == {
+        k: [s for s, _ in v] for k, v in unbroken.items()
+    }, f"killed at step {step}"
     parent_run = client.get_run(parent_id)
     assert parent_run.info.status == "FINISHED"
     assert parent_run.data.metrics["oof/score"] == pytest.approx(metrics["oof/score"])

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
-from src.core.io import file_fingerprint
+from src.core.io import STALE_TEMP_S, file_fingerprint, sweep_temp_files
 from src.datamodules.ariel.cache import CalibrationCache
 from src.datamodules.ariel.chain import CalibrationChain, calibrate_planet, chain_hash
 from src.datamodules.ariel.forward import SimConfig
@@ -214,6 +214,7 @@ class ArielDataModule(PodiumDataModule):
         Lightning calls this on one process per node; ``setup`` then only reads.
         """
         self._simulate_if_missing()
+        sweep_temp_files(self.cache.folder, older_than_s=STALE_TEMP_S)  # left by killed writers
         computed = 0
         for split in SPLITS:
             ids = self.planet_ids(split)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
+from src.core.io import STALE_TEMP_S, sweep_temp_files
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.images.datamodule import SeededDistributedSampler
 from src.datamodules.video.cache import EncodedVideo, RoundTripCache, settings_hash
@@ -182,6 +183,7 @@ class VideoPairDataModule(PodiumDataModule):
 
     @override
     def prepare_data(self) -> None:
+        sweep_temp_files(self.cache.folder, older_than_s=STALE_TEMP_S)  # left by killed writers
         self.encode()
 
     @override
