@@ -27,8 +27,11 @@ demo: setup
 	$(PY) train.py experiment=digits
 	$(PY) train.py experiment=ariel_v50 data=ariel_toy
 
+# Two workers, one intra-op thread each: the suite is mostly small training subprocesses, and a
+# test file stays on one worker (its module fixtures are built once).
+PYTEST_WORKERS ?= 2
 test: setup browser
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
