@@ -21,6 +21,7 @@ from src.core.config import (
     group_overrides,
     print_config_tree,
     require_experiment,
+    require_values,
     task_overrides,
 )
 from src.core.errors import PodiumError
@@ -54,13 +55,15 @@ def podium_error(exc: BaseException) -> PodiumError | None:
 
 
 def check_config(cfg: DictConfig, config_name: str, needs_experiment: bool = True) -> None:
-    """Validate the composed config: an experiment is chosen (if needed), overrides are typed."""
+    """Validate the composed config: an experiment is chosen (if needed), overrides are typed,
+    no mandatory value (``???``) is left unset."""
     if needs_experiment:
         require_experiment(cfg)
     overrides = task_overrides()
     if overrides:
         base = compose(config_name=config_name, overrides=group_overrides(overrides))
         check_override_types(cfg, base, overrides)
+    require_values(cfg)
 
 
 def run_entry(

@@ -28,6 +28,38 @@ def require_experiment(cfg: DictConfig) -> None:
         )
 
 
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of the ``???`` values in a plain (unresolved) config container."""
+    if isinstance(node, dict):
+        items = ((f"{prefix}{k}", v) for k, v in node.items())
+    elif isinstance(node, list):
+        items = ((f"{prefix[:-1]}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return []
+    found = []
+    for key, value in items:
+        if value == "???":
+            found.append(key)
+        else:
+            found += _missing_keys(value, f"{key}.")
+    return found
+
+
+def require_values(cfg: DictConfig) -> None:
+    """Fail, naming every key, when the chosen configs leave mandatory values (``???``) unset.
+
+    Checked on the unresolved config: resolving would stop at the first interpolation that
+    reads a missing value (``root: ${paths.data_dir}/${data.name}``) with a traceback.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    missing = sorted(k for k in _missing_keys(plain) if not k.startswith("hydra."))
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no value (??? in the chosen configs)",
+            "pass " + " ".join(f"{k}=<value>" for k in missing) + " on the command line",
+        )
+
+
 def _type_name(value: Any) -> str:
     return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), type(value).__name__)
 

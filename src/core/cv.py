@@ -59,7 +59,10 @@ def fold_list(cfg: DictConfig) -> list[int]:
     folds = list(range(n_folds)) if cfg.cv.folds is None else [int(k) for k in cfg.cv.folds]
     bad = [k for k in folds if not 0 <= k < n_folds]
     if bad:
-        raise ConfigError(f"cv.folds={folds} has fold(s) {bad} outside 0..{n_folds - 1}", "pick folds of data.n_folds")
+        raise ConfigError(
+            f"cv.folds={folds} has fold(s) {bad} outside 0..{n_folds - 1} (data.n_folds={n_folds})",
+            f"pass cv.folds=[...] with folds in 0..{n_folds - 1}, or cv.folds=null for all of them",
+        )
     return folds
 
 
@@ -101,6 +104,23 @@ def open_parent(cfg: DictConfig, parent: RunDir) -> str | None:
         write_text_atomic(parent.config_file, OmegaConf.to_yaml(cfg, resolve=True))
         parent.write_manifest({**build_manifest(cfg, sys.argv, None, run_id), "folds": int(cfg.data.n_folds)})
         return run_id
+
+
+@rank_zero_only
+def discard_unused_parent(cfg: DictConfig, parent: RunDir, run_id: str | None) -> None:
+    """Undo :func:`open_parent` after a failure before any fold recorded anything.
+
+    A command rejected at its first fold (bad data, unknown model) then leaves no parent
+    manifest behind, and the entry point removes the folder like any stray run directory. The
+    parent MLflow run, if one was created, is marked FAILED.
+    """
+    with locked(parent.path / ".cv.lock"):
+        if any(parent.path.glob("fold_*/manifest.json")):
+            return  # some fold started for real: the parent is needed to resume it
+        parent.manifest_file.unlink(missing_ok=True)
+        parent.config_file.unlink(missing_ok=True)
+    if run_id is not None:
+        _client(cfg).set_terminated(run_id, "FAILED")
 
 
 def _uses_mlflow(cfg: DictConfig) -> bool:
@@ -189,9 +209,15 @@ def run_cv(cfg: DictConfig) -> float | None:
     if cfg.force and rank_zero_only.rank == 0:
         parent.reset()
     folds = fold_list(cfg)
+    created = not parent.manifest_file.exists()
     run_id = open_parent(cfg, parent)
-    for k in folds:
-        train(fold_config(cfg, parent, k, run_id))
+    try:
+        for k in folds:
+            train(fold_config(cfg, parent, k, run_id))
+    except Exception:
+        if created:
+            discard_unused_parent(cfg, parent, run_id)
+        raise
     n_folds = int(cfg.data.n_folds)
     missing = [k for k in range(n_folds) if RunDir(fold_dir(parent, k)).state() is not RunState.FINISHED]
     if missing:

@@ -45,8 +45,8 @@ def assign_folds(
     ids = pd.Series(list(sample_ids), dtype=str)
     if n_folds < 2 or n_folds > len(ids):
         raise ConfigError(
-            f"n_folds={n_folds} is out of range for {len(ids)} samples",
-            "set data.n_folds to an integer between 2 and the number of samples",
+            f"data.n_folds={n_folds} is out of range for {len(ids)} samples",
+            f"set data.n_folds to an integer in 2..{max(2, len(ids))}",
         )
     if ids.duplicated().any():
         dup = ids[ids.duplicated()].iloc[0]
@@ -112,7 +112,13 @@ def load_or_create_folds(
 
 
 def check_fold(fold: int, n_folds: int) -> None:
-    """Raise a ConfigError naming ``data.fold`` unless ``0 <= fold < n_folds``."""
+    """Raise a ConfigError naming ``data.n_folds`` or ``data.fold`` unless ``0 <= fold < n_folds``
+    and ``n_folds >= 2`` (checked when the datamodule is built, before any run is recorded)."""
+    if int(n_folds) < 2:
+        raise ConfigError(
+            f"data.n_folds={n_folds}: cross-validation needs at least 2 folds",
+            "set data.n_folds to 2 or more (5 is the usual choice)",
+        )
     if not 0 <= int(fold) < int(n_folds):
         raise ConfigError(
             f"data.fold={fold} is out of range for data.n_folds={n_folds}",

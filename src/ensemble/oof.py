@@ -154,6 +154,12 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
     if not root.is_dir():
         raise DataError(f"member directory {root} does not exist", "pass members=[<K-fold run directory>, ...]")
     oof_dir = root / OOF_DIR
+    if not oof_dir.is_dir():
+        raise DataError(
+            f"member directory {root} holds no out-of-fold predictions ({oof_dir} does not exist)",
+            "point members at cv.py run directories (outputs/<experiment>/<cv run>) whose folds all "
+            "finished, not at a single train.py run; " + RERUN_FIX,
+        )
     classes = _read_classes(oof_dir / CLASSES_FILE)
     n_classes = len(classes)
     prob_cols = [f"prob_{c}" for c in range(n_classes)]

@@ -154,14 +154,25 @@ def load_data(cfg: DictConfig) -> OOFData:
     )
 
 
-def blend_factories(cfg: DictConfig) -> dict[str, Callable[[], Blend]]:
-    """The configured blends by name: ``blends`` picks entries of ``blend_defs`` (partials)."""
+def check_blends(cfg: DictConfig) -> None:
+    """Raise a ConfigError naming ``blends`` if it picks a name ``blend_defs`` does not define."""
     unknown = [b for b in cfg.blends if b not in cfg.blend_defs]
     if unknown:
         raise ConfigError(
             f"blends={list(cfg.blends)}: unknown blend(s) {unknown}",
             f"use names among {list(cfg.blend_defs)} or define them under blend_defs",
         )
+
+
+def check_select_by(select_by: str) -> None:
+    """Raise a ConfigError naming ``select_by`` unless it is a ranking metric."""
+    if select_by not in SELECT_BY:
+        raise ConfigError(f"select_by={select_by!r} is not a ranking metric", f"use one of {list(SELECT_BY)}")
+
+
+def blend_factories(cfg: DictConfig) -> dict[str, Callable[[], Blend]]:
+    """The configured blends by name: ``blends`` picks entries of ``blend_defs`` (partials)."""
+    check_blends(cfg)
     return {str(name): instantiate(cfg.blend_defs[name]) for name in cfg.blends}
 
 
@@ -197,8 +208,7 @@ def candidates(cfg: DictConfig, data: OOFData) -> list[Candidate]:
 
 def rank(rows: list[dict[str, Any]], select_by: str) -> pd.DataFrame:
     """The ranking table, best first by ``select_by`` (ties broken by log-loss)."""
-    if select_by not in SELECT_BY:
-        raise ConfigError(f"select_by={select_by!r} is not a ranking metric", f"use one of {list(SELECT_BY)}")
+    check_select_by(select_by)
     frame = pd.DataFrame(rows)
     keys = [select_by] + (["log_loss"] if select_by != "log_loss" else [])
     ascending = [SELECT_BY[k] for k in keys]
@@ -259,6 +269,9 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     run = RunDir(Path(cfg.paths.output_dir))
     if run.state() is RunState.FINISHED and not cfg.force:
         return _finished(run, cfg)
+    # Settings first: a misspelt name fails before members are read and blends fitted.
+    check_select_by(cfg.select_by)
+    check_blends(cfg)
     if cfg.force:
         run.reset()
     data = load_data(cfg)

@@ -61,7 +61,10 @@ def predict(cfg: DictConfig) -> Path:
         ``true_*`` columns).
     """
     if cfg.split not in SPLITS:
-        raise ConfigError(f"split={cfg.split!r}", f"use one of {list(SPLITS)}")
+        raise ConfigError(
+            f"split={cfg.split!r} is not a split predict.py writes",
+            f"pass split=test (the submission) or split=val (with the true depths); one of {list(SPLITS)}",
+        )
     run_dir = Path(cfg.paths.output_dir)
     ckpt = find_checkpoint(run_dir, cfg.get("ckpt"))
     pl.seed_everything(cfg.seed, workers=True)

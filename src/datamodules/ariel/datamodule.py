@@ -215,6 +215,9 @@ class ArielDataModule(PodiumDataModule):
         """
         self._simulate_if_missing()
         sweep_temp_files(self.cache.folder, older_than_s=STALE_TEMP_S)  # left by killed writers
+        # Written here, once, so that setup on every rank only reads it; first, so that a fold
+        # count the planets cannot fill fails before minutes of calibration.
+        self.folds()
         computed = 0
         for split in SPLITS:
             ids = self.planet_ids(split)
@@ -241,7 +244,6 @@ class ArielDataModule(PodiumDataModule):
                     self.cache.store(split, pid, self.hparams.visit, fp, arrays)
                     computed += 1
                 self._calibrated[(split, pid)] = arrays
-        self.folds()  # written here, once, so that setup on every rank only reads it
         rank_zero_info(f"Ariel calibration: {computed} planets calibrated, {self.cache.hits} read from cache")
 
     def _load_calibrated(self, split: str, ids: Sequence[int]) -> dict[str, np.ndarray]:

@@ -31,7 +31,30 @@ def _read_table(path: Path, planet_id: int, what: str) -> pa.Table:
     try:
         return pq.ParquetFile(path).read(use_threads=False)
     except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"planet {planet_id}: cannot read {what} file {path}: {exc}", "restore the file") from exc
+        raise DataError(
+            f"planet {planet_id}: cannot read {what} file {path}: {exc}",
+            f"restore {path.name} in {path.parent} from the competition data: it is truncated or not parquet",
+        ) from exc
+
+
+def _is_numeric(dtype: pa.DataType) -> bool:
+    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
+
+
+def _require_numeric(table: pa.Table, path: Path, planet_id: int, what: str) -> None:
+    """Raise a DataError naming the first column whose values are not numbers (e.g. strings)."""
+    bad = [
+        (name, col.type)
+        for name, col in zip(table.column_names, table.columns, strict=True)
+        if not _is_numeric(col.type)
+    ]
+    if bad:
+        name, dtype = bad[0]
+        raise DataError(
+            f"planet {planet_id}: {what} file {path} column {name!r} holds {dtype} values "
+            f"({len(bad)} non-numeric column(s)); expected integers or floats",
+            f"restore {path.name} from the competition data: it was rewritten with the wrong dtype",
+        )
 
 
 def read_matrix(path: Path, planet_id: int, what: str, shape: tuple[int, int]) -> np.ndarray:
@@ -56,15 +79,19 @@ def read_matrix(path: Path, planet_id: int, what: str, shape: tuple[int, int]) -
             f"{table.num_rows} rows, expected {want}",
             f"restore {path.name}: it is truncated or belongs to another instrument",
         )
+    _require_numeric(table, path, planet_id, what)
     nulls = sum(col.null_count for col in table.columns)
     if nulls:
-        raise DataError(f"planet {planet_id}: {what} file {path} has {nulls} missing values", "restore the file")
+        raise DataError(
+            f"planet {planet_id}: {what} file {path} has {nulls} missing values",
+            f"restore {path.name} from the competition data; raw frames and calibration maps have no gaps",
+        )
     values = np.column_stack([col.to_numpy() for col in table.columns])
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         bad = int((~np.isfinite(values)).sum())
         raise DataError(
             f"planet {planet_id}: {what} file {path} holds {bad} NaN or infinite values",
-            "restore the file; raw frames and calibration maps must be finite",
+            f"restore {path.name} from the competition data; raw frames and calibration maps must be finite",
         )
     return values
 

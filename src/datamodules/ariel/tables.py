@@ -40,6 +40,19 @@ def _require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> 
         )
 
 
+def _require_unique_ids(df: pd.DataFrame, path: Path) -> None:
+    """Raise a DataError naming the first planet_id that appears on more than one row."""
+    repeated = df["planet_id"][df["planet_id"].duplicated(keep=False)]
+    if not repeated.empty:
+        first = repeated.iloc[0]
+        rows = [int(i) + 2 for i in repeated.index[repeated == first][:5]]  # 1-based, after the header
+        raise DataError(
+            f"{path}: planet_id {first} appears on {int((repeated == first).sum())} rows (lines {rows}); "
+            f"{repeated.nunique()} planet id(s) are repeated",
+            f"keep one row per planet in {path.name}",
+        )
+
+
 def read_labels(layout: ArielLayout) -> pd.DataFrame:
     """The training labels.
 
@@ -55,6 +68,7 @@ def read_labels(layout: ArielLayout) -> pd.DataFrame:
             f"write {path.name} with columns planet_id, wl_1..wl_{N_WAVELENGTHS}",
         )
     _require_columns(df, path, ("planet_id", *WL_COLUMNS))
+    _require_unique_ids(df, path)
     df = df.set_index(df["planet_id"].astype(np.int64)).drop(columns="planet_id")
     values = df.to_numpy(np.float64)
     if not np.isfinite(values).all():
@@ -74,6 +88,7 @@ def read_star_info(layout: ArielLayout, split: str) -> pd.DataFrame | None:
         return None
     df = read_csv(path, "star info")
     _require_columns(df, path, ("planet_id", *STAR_COLUMNS))
+    _require_unique_ids(df, path)
     return df.set_index(df["planet_id"].astype(np.int64)).drop(columns="planet_id")
 
 

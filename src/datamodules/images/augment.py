@@ -39,6 +39,15 @@ PROFILES: dict[str, Callable[[int], list[Callable]]] = {
 }
 
 
+def check_profile(profile: str) -> None:
+    """Raise a ConfigError naming ``data.augment`` unless ``profile`` is one of :data:`PROFILES`."""
+    if profile not in PROFILES:
+        raise ConfigError(
+            f"data.augment={profile!r} is not an augmentation profile",
+            f"use one of {sorted(PROFILES)}",
+        )
+
+
 def build_transform(profile: str, image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Build the named augmentation pipeline.
 
@@ -51,9 +60,5 @@ def build_transform(profile: str, image_size: int, mean: Sequence[float], std: S
     Returns:
         A transform from a PIL image to a normalised ``(channels, size, size)`` float tensor.
     """
-    if profile not in PROFILES:
-        raise ConfigError(
-            f"data.augment={profile!r} is not an augmentation profile",
-            f"use one of {sorted(PROFILES)}",
-        )
+    check_profile(profile)
     return v2.Compose([*PROFILES[profile](int(image_size)), *_finish(mean, std)])

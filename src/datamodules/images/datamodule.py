@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
@@ -15,8 +18,13 @@ from src.callbacks.reproducibility import epoch_seed
 from src.core.errors import ConfigError, DataError
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
-from src.datamodules.images.augment import build_transform
+from src.datamodules.images.augment import build_transform, check_profile
+from src.datamodules.images.integrity import BAD_IMAGE_POLICIES, undecodable
 from src.datamodules.images.layout import ImageTable, fingerprint, read_split
+
+log = logging.getLogger("podium")
+#: Undecodable files named in an error or warning; the rest are counted.
+SHOWN_BAD_IMAGES = 5
 
 
 class SeededDistributedSampler(DistributedSampler):
@@ -100,6 +108,14 @@ class ImageDataset(Dataset):
         return {"image": tensor, "label": self.labels[index], "id": self.sample_ids[index]}
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the dataset folder where it lies inside it, else in full."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 class ImageFolderDataModule(PodiumDataModule):
     """Reads ``<root>/train.csv`` (+ optional ``test.csv``), splits train by the dataset's folds.
 
@@ -126,6 +142,10 @@ class ImageFolderDataModule(PodiumDataModule):
         sampler: ``shuffle`` (each sample once per epoch) or ``weighted`` (class-balanced draws
             with replacement, ``WeightedRandomSampler``'s rule).
         pin_memory: Pin host memory for faster GPU transfer.
+        bad_images: What to do with images PIL cannot decode, found when the dataset is first
+            read: ``raise`` (a DataError naming them) or ``quarantine`` (drop them from every
+            split with a logged warning; folds are assigned before, so the folds file does not
+            change).
     """
 
     def __init__(
@@ -148,9 +168,11 @@ class ImageFolderDataModule(PodiumDataModule):
         augment: str = "none",
         sampler: str = "shuffle",
         pin_memory: bool = False,
+        bad_images: str = "raise",
     ) -> None:
         super().__init__()
         check_fold(fold, n_folds)
+        check_profile(augment)
         if in_chans not in (1, 3):
             raise ConfigError(f"data.in_chans={in_chans} is not supported", "use 1 (grey) or 3 (RGB)")
         if len(mean) != in_chans or len(std) != in_chans:
@@ -160,6 +182,11 @@ class ImageFolderDataModule(PodiumDataModule):
             )
         if sampler not in {"shuffle", "weighted"}:
             raise ConfigError(f"data.sampler={sampler!r} is not a sampler", "use 'shuffle' or 'weighted'")
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ConfigError(
+                f"data.bad_images={bad_images!r} is not a policy for undecodable images",
+                "use 'raise' (stop and name them) or 'quarantine' (drop them and train on the rest)",
+            )
         self.save_hyperparameters(logger=False, ignore=["prepare"])
         self.root = Path(root)
         self.name = name or self.root.name
@@ -168,6 +195,9 @@ class ImageFolderDataModule(PodiumDataModule):
         self.val_set: ImageDataset | None = None
         self.test_set: ImageDataset | None = None
         self.classes: list[str] = []
+        self._tables: dict[str, ImageTable] | None = None
+        #: Per split, positions (in its CSV) of the images dropped by ``bad_images=quarantine``.
+        self.quarantined: dict[str, list[int]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -181,47 +211,108 @@ class ImageFolderDataModule(PodiumDataModule):
 
     @override
     def prepare_data(self) -> None:
+        """Write the dataset if a ``prepare`` callable is set, then read and check it.
+
+        Checking here (rank 0, before the run records anything) makes a bad CSV, label or image
+        fail the command at once; ``setup`` reuses what was read.
+        """
         if self.prepare is not None:
             self.prepare(self.root)
+        self.tables()
 
-    def _table(self) -> ImageTable:
-        hp = self.hparams
-        return read_split(self.root, "train", hp.label_column, hp.group_column)
+    def tables(self) -> dict[str, ImageTable]:
+        """The ``train`` (and ``test``) splits resolved to files and checked, read once.
+
+        Every image is decoded once (verdicts cached in the dataset folder, see
+        :mod:`~src.datamodules.images.integrity`); what happens to undecodable ones follows
+        ``data.bad_images``.
+
+        Raises:
+            DataError: A CSV, label, class count or image file is wrong (see ``read_split``).
+        """
+        if self._tables is None:
+            hp = self.hparams
+            train = read_split(self.root, "train", hp.label_column, hp.group_column)
+            self._check_num_classes(train)
+            tables = {"train": train}
+            if self.has_test:
+                tables["test"] = read_split(self.root, "test", hp.label_column, None, classes=train.classes)
+            self.quarantined = self._handle_bad_images(tables)
+            self._tables = tables
+        return self._tables
+
+    def _check_num_classes(self, table: ImageTable) -> None:
+        expected = self.hparams.num_classes
+        if expected is not None and expected != len(table.classes):
+            raise DataError(
+                f"{self.root / 'train.csv'} has {len(table.classes)} classes {table.classes[:20]}, "
+                f"but data.num_classes={expected}",
+                f"set data.num_classes={len(table.classes)}",
+            )
+
+    def _handle_bad_images(self, tables: dict[str, ImageTable]) -> dict[str, list[int]]:
+        """Find undecodable images; raise, or return their positions per split to drop them."""
+        paths = [p for table in tables.values() for p in table.paths]
+        bad, start = {}, 0
+        found = undecodable(paths, self.root)
+        for split, table in tables.items():
+            stop = start + len(table.paths)
+            bad[split] = [i - start for i in found if start <= i < stop]
+            start = stop
+        if not found:
+            return {}
+        names = [_relative(paths[i], self.root) for i in found[:SHOWN_BAD_IMAGES]]
+        more = f" and {len(found) - len(names)} more" if len(found) > len(names) else ""
+        shown = ", ".join(names) + more
+        if self.hparams.bad_images == "raise":
+            raise DataError(
+                f"{len(found)} of {len(paths)} images under {self.root} cannot be decoded: {shown}",
+                "replace or remove those files, pass data.bad_images=quarantine to train without them, or "
+                f"list every problem with python -m src.datamodules.images.cleaning --root {self.root}",
+            )
+        rank_zero_only(log.warning)(
+            f"data.bad_images=quarantine: dropping {len(found)} undecodable image(s) under {self.root} "
+            f"from every split: {shown}"
+        )
+        return bad
+
+    def _usable(self, split: str, n: int) -> np.ndarray:
+        """``(n,)`` bool: rows of ``split`` that were not quarantined."""
+        keep = np.ones(n, dtype=bool)
+        keep[self.quarantined.get(split, [])] = False
+        return keep
 
     def fingerprint(self) -> str:
         """Fingerprint of the training data (CSV and image files' names, sizes, mtimes)."""
-        return fingerprint(self._table(), self.root / "train.csv")
+        return fingerprint(self.tables()["train"], self.root / "train.csv")
+
+    def _subset(self, table: ImageTable, mask: np.ndarray, transform: Callable) -> ImageDataset:
+        idx = np.flatnonzero(mask).tolist()
+        mode = "L" if self.hparams.in_chans == 1 else "RGB"
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        return ImageDataset(pick(table.paths), pick(table.labels), pick(table.sample_ids), transform, mode)
 
     @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         hp = self.hparams
-        table = self._table()
+        tables = self.tables()
+        table = tables["train"]
         self.classes = table.classes
-        if hp.num_classes is not None and hp.num_classes != len(table.classes):
-            raise DataError(
-                f"{self.root / 'train.csv'} has {len(table.classes)} classes {table.classes[:20]}, "
-                f"but data.num_classes={hp.num_classes}",
-                f"set data.num_classes={len(table.classes)}",
-            )
+        # Folds are assigned over every row, quarantined ones included: dropping a bad image
+        # must not change the dataset's folds file, which every model of the dataset shares.
         folds = load_or_create_folds(self.root, table.sample_ids, hp.n_folds, hp.seed, table.labels, table.groups)[
             "fold"
         ].to_numpy()
-        mode = "L" if hp.in_chans == 1 else "RGB"
+        usable = self._usable("train", len(table.paths))
         train_tf = build_transform(hp.augment, hp.image_size, hp.mean, hp.std)
         eval_tf = build_transform("none", hp.image_size, hp.mean, hp.std)
-
-        def subset(mask: Any, tf: Callable) -> ImageDataset:
-            idx = [i for i, m in enumerate(mask) if m]
-            pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
-            return ImageDataset(pick(table.paths), pick(table.labels), pick(table.sample_ids), tf, mode)
-
-        self.train_set = subset(folds != hp.fold, train_tf)
-        self.val_set = subset(folds == hp.fold, eval_tf)
-        if self.has_test:
-            test = read_split(self.root, "test", hp.label_column, None, classes=table.classes)
-            self.test_set = ImageDataset(test.paths, test.labels, test.sample_ids, eval_tf, mode)
+        self.train_set = self._subset(table, (folds != hp.fold) & usable, train_tf)
+        self.val_set = self._subset(table, (folds == hp.fold) & usable, eval_tf)
+        if "test" in tables:
+            test = tables["test"]
+            self.test_set = self._subset(test, self._usable("test", len(test.paths)), eval_tf)
 
     def class_counts(self) -> list[int]:
         """Training-split samples per class (after ``setup``)."""

@@ -62,10 +62,23 @@ def _read_csv(csv_path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         )
     if df.empty:
         raise DataError(f"{csv_path} has no rows", "add one row per image")
-    dup = df["image_id"][df["image_id"].duplicated()]
-    if not dup.empty:
-        raise DataError(f"{csv_path}: image_id {dup.iloc[0]!r} appears more than once", "make ids unique")
+    _require_unique_ids(df, csv_path)
     return df
+
+
+def _require_unique_ids(df: pd.DataFrame, csv_path: Path) -> None:
+    """Raise a DataError naming the first repeated image_id, how often and on which lines."""
+    repeated = df["image_id"][df["image_id"].duplicated(keep=False)]
+    if repeated.empty:
+        return
+    first = repeated.iloc[0]
+    lines = [int(i) + 2 for i in repeated.index[repeated == first][:5]]  # 1-based, after the header
+    raise DataError(
+        f"{csv_path}: image_id {first!r} appears {int((repeated == first).sum())} times (lines {lines}); "
+        f"{repeated.nunique()} id(s) are repeated",
+        f"keep one row per image in {csv_path.name} (rename the image if both are wanted); "
+        f"python -m src.datamodules.images.cleaning --root {csv_path.parent} also finds duplicated files",
+    )
 
 
 def _resolve(split_dir: Path, image_id: str, label: str | None, csv_path: Path) -> Path:

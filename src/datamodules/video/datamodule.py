@@ -23,7 +23,7 @@ from src.datamodules.images.datamodule import SeededDistributedSampler
 from src.datamodules.video.cache import EncodedVideo, RoundTripCache, settings_hash
 from src.datamodules.video.codec import COLORS, CodecSettings, SourceVideo, decode, frames_array, read_source
 from src.datamodules.video.sources import file_sha256, resolve_source
-from src.datamodules.video.split import time_split
+from src.datamodules.video.split import check_shares, time_split
 
 
 def _pair(decoded: torch.Tensor, original: torch.Tensor, frame: int) -> dict[str, Any]:
@@ -128,6 +128,7 @@ class VideoPairDataModule(PodiumDataModule):
                 f"data.patch_size={patch_size}, patch_align={patch_align}, patches_per_epoch={patches_per_epoch}",
                 "all three must be positive integers",
             )
+        check_shares(split, gap)  # the block sizes are checked once the video's length is known
         self.save_hyperparameters(logger=False, ignore=["codec"])
         self.codec = codec if codec is not None else CodecSettings()
         self.source_path = resolve_source(source)

@@ -14,6 +14,33 @@ from src.core.errors import ConfigError
 SPLITS = ("train", "val", "test")
 
 
+def _shown(value: object) -> str:
+    return str(list(value)) if isinstance(value, Sequence) and not isinstance(value, str) else repr(value)
+
+
+def check_shares(fractions: Sequence[float], gap: int = 0) -> list[float]:
+    """Validate ``data.split`` and ``data.gap`` without knowing the video's length.
+
+    Returns:
+        The shares as floats.
+
+    Raises:
+        ConfigError: Not three non-negative numbers summing to 1, or a negative gap.
+    """
+    try:
+        shares = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        shares = []
+    if len(shares) != 3 or any(f < 0 for f in shares) or abs(sum(shares) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"data.split={_shown(fractions)} is not three non-negative shares (train, val, test) summing to 1",
+            "use e.g. data.split=[0.7,0.15,0.15]",
+        )
+    if gap < 0:
+        raise ConfigError(f"data.gap={gap} is negative", "use 0 or a few frames")
+    return shares
+
+
 def time_split(n_frames: int, fractions: Sequence[float], gap: int = 0) -> dict[str, range]:
     """Contiguous, ordered, non-overlapping frame blocks.
 
@@ -29,14 +56,7 @@ def time_split(n_frames: int, fractions: Sequence[float], gap: int = 0) -> dict[
         ConfigError: Fractions not three non-negative numbers summing to 1, a negative gap, or
             a block that would be empty.
     """
-    fractions = [float(f) for f in fractions]
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(
-            f"data.split={fractions} is not three non-negative shares (train, val, test) summing to 1",
-            "use e.g. data.split=[0.7,0.15,0.15]",
-        )
-    if gap < 0:
-        raise ConfigError(f"data.gap={gap} is negative", "use 0 or a few frames")
+    fractions = check_shares(fractions, gap)
     usable = n_frames - 2 * gap
     n_val, n_test = round(usable * fractions[1]), round(usable * fractions[2])
     sizes = [usable - n_val - n_test, n_val, n_test]

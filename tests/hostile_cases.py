@@ -1,0 +1,247 @@
+"""Damage recipes for the hostile-input test: each builds bad input under a test root.
+
+A recipe takes a :class:`Workspace` (the test's project root plus lazily built clean sources to
+copy) and returns the command-line overrides that point an entry point at the damage. Damage is
+done to private copies, never to the session's shared datasets.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.datamodules.images.test_layout import make_fruit_set
+from tests.ensemble.synthetic import write_member
+
+#: The generic-layout set of tests/datamodules/images/test_layout.py (15 classes, 90 JPEGs).
+FRUITS = ["experiment=image_folder", "data.name=fruits", "data.num_classes=15", "data.group_column=plu",
+          "data.image_size=32", "data.num_workers=0"]  # fmt: skip
+#: Video experiment at CPU scale.
+VIDEO = ["experiment=video_postfilter", "data=video_toy"]
+
+
+@dataclass
+class Workspace:
+    """Where a case builds its input.
+
+    Attributes:
+        root: The test's project root (``PODIUM_ROOT``): ``outputs/``, ``mlruns/``, ``data/``.
+        ariel_source: Returns the session's simulated Ariel dataset (read-only: copy it first).
+    """
+
+    root: Path
+    ariel_source: Callable[[], Path]
+
+    def folder(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def fruits(self, with_test: bool = True) -> Path:
+        """A fresh fruit set at ``<root>/data/fruits`` (the ``FRUITS`` overrides read it)."""
+        return make_fruit_set(self.root / "data" / "fruits", with_test=with_test)
+
+    def ariel(self) -> Path:
+        """A private copy of the simulated Ariel set at ``<root>/data/ariel_bad``."""
+        return Path(shutil.copytree(self.ariel_source(), self.root / "data" / "ariel_bad"))
+
+
+# ---- image datasets ------------------------------------------------------------------------------
+
+
+def image_csv(ws: Workspace, text: str | bytes) -> list[str]:
+    """A dataset folder whose train.csv holds ``text`` (bytes: written as is)."""
+    folder = ws.folder("data", "bad_csv")
+    csv = folder / "train.csv"
+    csv.write_bytes(text) if isinstance(text, bytes) else csv.write_text(text)
+    return ["experiment=digits", f"data.root={folder}", "data.prepare=null"]
+
+
+def binary_csv(ws: Workspace) -> list[str]:
+    """train.csv that is really a PNG."""
+    digit = next((ws.root / "data" / "digits" / "train" / "0").glob("*.png"))
+    return image_csv(ws, digit.read_bytes() * 4)
+
+
+def missing_image(ws: Workspace) -> list[str]:
+    """A train.csv row whose image file does not exist."""
+    folder = ws.folder("data", "missing_image")
+    (folder / "train" / "cat").mkdir(parents=True)
+    (folder / "train.csv").write_text("image_id,label,group\nimg1,cat,g1\n")
+    return ["experiment=digits", f"data.root={folder}", "data.prepare=null"]
+
+
+def fruits_with(**values: object) -> Callable[[Workspace], list[str]]:
+    """A recipe: the clean fruit set, trained with some ``FRUITS`` values replaced or added."""
+
+    def build(ws: Workspace) -> list[str]:
+        ws.fruits()
+        base = dict(o.split("=", 1) for o in FRUITS)
+        return [f"{k}={v}" for k, v in {**base, **values}.items()]
+
+    return build
+
+
+def duplicated_image_id(ws: Workspace) -> list[str]:
+    """The fruit set with one train.csv row repeated."""
+    root = ws.fruits()
+    table = pd.read_csv(root / "train.csv")
+    pd.concat([table, table.iloc[[3]]]).to_csv(root / "train.csv", index=False)
+    return FRUITS
+
+
+def unknown_test_label(ws: Workspace) -> list[str]:
+    """A labelled test.csv with a class the training split does not have."""
+    root = ws.fruits()
+    labels = ["fruit00", "fruit01", "kiwi", "fruit02", "fruit03"]
+    pd.DataFrame({"image_id": [f"t{i}" for i in range(5)], "label": labels}).to_csv(root / "test.csv", index=False)
+    return FRUITS
+
+
+def text_as_jpeg(ws: Workspace) -> list[str]:
+    """One training JPEG among 90 good ones replaced by an HTML error page."""
+    root = ws.fruits()
+    (root / "train" / "fruit03" / "fruit03_2.jpg").write_text("<html>404 Not Found</html>\n")
+    return FRUITS
+
+
+def quarantined_jpeg(ws: Workspace) -> list[str]:
+    """The unreadable JPEG of ``text_as_jpeg``, quarantined: one fast_dev_run step on the rest."""
+    return [*text_as_jpeg(ws), "data.bad_images=quarantine", "debug=fdr", "model.net.model_name=test_resnet"]
+
+
+def truncated_test_png(ws: Workspace) -> list[str]:
+    """One test PNG cut to half its bytes (a torn download)."""
+    root = ws.fruits()
+    path = root / "test" / "t4.png"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return FRUITS
+
+
+# ---- Ariel ---------------------------------------------------------------------------------------
+
+
+def ariel_overrides(experiment: str, root: Path) -> list[str]:
+    """Train on a (damaged) copy of the simulated set: 2 training planets, 2 folds, no simulation."""
+    return [f"experiment={experiment}", "data=ariel_toy", f"data.root={root}", "data.simulate.if_missing=false",
+            "data.n_folds=2"]  # fmt: skip
+
+
+def first_planet(root: Path) -> int:
+    return int(pd.read_csv(root / "train.csv")["planet_id"].iloc[0])
+
+
+def ariel_case(experiment: str, damage: Callable[[Path], object]) -> Callable[[Workspace], list[str]]:
+    """A recipe: copy the simulated set, ``damage(copy)``, train ``experiment`` on it."""
+
+    def build(ws: Workspace) -> list[str]:
+        root = ws.ariel()
+        damage(root)
+        return ariel_overrides(experiment, root)
+
+    return build
+
+
+def ariel_clean(experiment: str, *extra: str) -> Callable[[Workspace], list[str]]:
+    """A recipe: an undamaged copy of the simulated set, with extra (bad) overrides."""
+    return lambda ws: [*ariel_overrides(experiment, ws.ariel()), *extra]
+
+
+def labels_first_columns(root: Path, n: int = 100) -> None:
+    path = root / "train.csv"
+    pd.read_csv(path).iloc[:, :n].to_csv(path, index=False)
+
+
+def labels_duplicate_planet(root: Path) -> None:
+    path = root / "train.csv"
+    labels = pd.read_csv(path)
+    pd.concat([labels, labels.iloc[:1]]).to_csv(path, index=False)
+
+
+def labels_empty(root: Path) -> None:
+    (root / "train.csv").write_bytes(b"")
+
+
+def signal_path(root: Path, instrument: str) -> Path:
+    return root / "train" / str(first_planet(root)) / f"{instrument}_signal_0.parquet"
+
+
+def signal_drop_columns(root: Path) -> None:
+    path = signal_path(root, "FGS1")
+    pq.write_table(pq.read_table(path).select(list(range(1000))), path)
+
+
+def signal_as_strings(root: Path) -> None:
+    path = signal_path(root, "FGS1")
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(0, table.column_names[0], table.column(0).cast(pa.string())), path)
+
+
+def signal_all_nan(root: Path) -> None:
+    path = signal_path(root, "FGS1")
+    nan = np.full(pq.read_metadata(path).num_rows, np.nan)
+    pq.write_table(pa.table({str(j): nan for j in range(32 * 32)}), path)
+
+
+def calibration_path(root: Path, name: str) -> Path:
+    return root / "train" / str(first_planet(root)) / "FGS1_calibration_0" / f"{name}.parquet"
+
+
+def calibration_truncated(root: Path) -> None:
+    path = calibration_path(root, "flat")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def calibration_missing(root: Path) -> None:
+    calibration_path(root, "dark").unlink()
+
+
+# ---- video ---------------------------------------------------------------------------------------
+
+
+def garbage_video(ws: Workspace) -> list[str]:
+    """A .mp4 that holds text."""
+    path = ws.folder("clips") / "clip.mp4"
+    path.write_bytes(b"\x00not a video\n" * 200)
+    return [*VIDEO, f"data.source={path}"]
+
+
+# ---- ensemble and predict --------------------------------------------------------------------------
+
+
+def member(ws: Workspace, name: str = "cv_a") -> str:
+    """A valid synthetic K-fold member under ``<root>/members`` (not outputs/); its relative path."""
+    write_member(ws.folder("members"), name, seed=1, n=60, n_test=10)
+    return f"members/{name}"
+
+
+def member_without_oof(ws: Workspace) -> list[str]:
+    """A run folder with a finished single run's files but no oof/."""
+    folder = ws.folder("members", "single_run")
+    (folder / "config.yaml").write_text("seed: 42\n")
+    return ["members=[members/single_run]"]
+
+
+def member_truncated_oof(ws: Workspace) -> list[str]:
+    """A member whose oof.parquet lost its second half."""
+    rel = member(ws)
+    path = ws.root / rel / "oof" / "oof.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return [f"members=[{rel}]"]
+
+
+def member_nan_probs(ws: Workspace) -> list[str]:
+    """A member whose oof.parquet holds NaN probabilities for some rows."""
+    rel = member(ws)
+    path = ws.root / rel / "oof" / "oof.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[frame.index[:3], "prob_0"] = np.nan
+    frame.to_parquet(path, index=False)
+    return [f"members=[{rel}]"]

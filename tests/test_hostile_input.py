@@ -1,0 +1,386 @@
+"""Hostile input to every entry point fails fast and cleanly.
+
+One table of cases across every experiment family (digits, image_folder, ariel_*, video_postfilter)
+and entry point (train.py, cv.py, ensemble.py, predict.py): bad overrides and damaged files. Each
+rejected command must exit non-zero with a message naming the file, field or value and the fix,
+print no traceback, and leave nothing under ``<root>/outputs`` (no stray run directory, no run
+marked finished). Entry points run in-process (tests/entry_harness.py): a subprocess per case
+would spend ~8 s on imports alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from PIL import Image
+
+from src.datamodules.ariel.simulate import simulate_dataset
+from tests import hostile_cases as hc
+from tests.datamodules.ariel.conftest import TINY
+from tests.datamodules.images.test_layout import fruit_dm, make_fruit_set
+from tests.entry_harness import EntryResult, run_entry_point
+
+Recipe = Callable[[hc.Workspace], list[str]]
+
+
+def fixed(*overrides: str) -> Recipe:
+    """A recipe that builds nothing: the overrides alone are the hostile input."""
+    return lambda ws: list(overrides)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile command.
+
+    Attributes:
+        entry: ``train``, ``cv``, ``ensemble`` or ``predict``.
+        build: Makes the bad input under the test root and returns the overrides.
+        expected: Fragments the output must contain (``<root>`` stands for the test root): the
+            file, field or value at fault, and the fix.
+        continues: The documented exception: the input is handled (skipped with a warning that
+            ``expected`` matches) and the run finishes with exit code 0.
+    """
+
+    entry: str
+    build: Recipe
+    expected: tuple[str, ...]
+    continues: bool = False
+
+
+DIGITS = "experiment=digits"
+FIX = "fix:"
+
+CASES: dict[str, Case] = {
+    # ---- train.py, digits: overrides ------------------------------------------------------------
+    "digits-unknown-experiment": Case(
+        "train", fixed("experiment=nope"), ("Could not find 'experiment/nope'", "Available options", "digits")
+    ),
+    "digits-no-experiment": Case("train", fixed(), ("no experiment chosen", "experiment=<name>", "digits", FIX)),
+    "digits-wrong-type": Case(
+        "train", fixed(DIGITS, "trainer.max_epochs=abc"), ("trainer.max_epochs expects int", "'abc'", FIX)
+    ),
+    "digits-float-for-int": Case(
+        "train", fixed(DIGITS, "data.batch_size=1.5"), ("data.batch_size expects int", "1.5", "data.batch_size=<int>")
+    ),
+    "digits-unknown-key": Case(
+        "train", fixed(DIGITS, "trainer.max_epoch=3"), ("'trainer.max_epoch'", "+trainer.max_epoch=3")
+    ),
+    "digits-fold-out-of-range": Case("train", fixed(DIGITS, "data.fold=7"), ("data.fold=7", "data.n_folds=5", "0..4")),
+    "digits-one-fold": Case("train", fixed(DIGITS, "data.n_folds=1"), ("data.n_folds=1", "2 or more")),
+    "digits-unknown-timm-model": Case(
+        "train", fixed(DIGITS, "model.net.model_name=resnet999"), ("resnet999", "timm.list_models", FIX)
+    ),
+    "digits-unknown-augment": Case(
+        "train", fixed(DIGITS, "data.augment=heavy"), ("data.augment='heavy'", "use one of", "light")
+    ),
+    "digits-unknown-bad-images-policy": Case(
+        "train", fixed(DIGITS, "data.bad_images=ignore"), ("data.bad_images='ignore'", "quarantine", FIX)
+    ),
+    # ---- train.py, digits: files ----------------------------------------------------------------
+    "digits-missing-data": Case(
+        "train",
+        lambda ws: [DIGITS, f"data.root={ws.root / 'nowhere'}", "data.prepare=null"],
+        ("<root>/nowhere/train.csv", "point data.root at the dataset folder"),
+    ),
+    "digits-empty-csv": Case(
+        "train", lambda ws: hc.image_csv(ws, b""), ("cannot parse <root>/data/bad_csv/train.csv", "comma-separated")
+    ),
+    "digits-binary-csv": Case(
+        "train", hc.binary_csv, ("cannot parse <root>/data/bad_csv/train.csv", "write it as a comma-separated CSV")
+    ),
+    "digits-wrong-csv-columns": Case(
+        "train",
+        lambda ws: hc.image_csv(ws, "file,class\na.png,1\n"),
+        ("<root>/data/bad_csv/train.csv lacks column(s) ['image_id', 'label']", "add the column(s)"),
+    ),
+    "digits-image-file-missing": Case(
+        "train", hc.missing_image, ("no image file for image_id 'img1'", "missing_image/train/cat", "remove its row")
+    ),
+    # ---- train.py, image_folder -----------------------------------------------------------------
+    "image-folder-no-dataset-name": Case(
+        "train",
+        fixed("experiment=image_folder"),
+        ("data.name, data.num_classes have no value", "pass data.name=<value> data.num_classes=<value>"),
+    ),
+    "image-folder-wrong-num-classes": Case(
+        "train",
+        hc.fruits_with(**{"data.num_classes": 14}),
+        ("has 15 classes", "data.num_classes=14", "set data.num_classes=15"),
+    ),
+    "image-folder-duplicated-image-id": Case(
+        "train", hc.duplicated_image_id, ("<root>/data/fruits/train.csv", "'fruit00_3' appears 2 times", FIX)
+    ),
+    "image-folder-unknown-test-label": Case(
+        "train", hc.unknown_test_label, ("<root>/data/fruits/test.csv", "['kiwi']", "training classes", FIX)
+    ),
+    "image-folder-unreadable-image": Case(
+        "train",
+        hc.text_as_jpeg,
+        (
+            "1 of 95 images",
+            "train/fruit03/fruit03_2.jpg",
+            "data.bad_images=quarantine",
+            "src.datamodules.images.cleaning",
+        ),
+    ),
+    "image-folder-unreadable-image-quarantined": Case(
+        "train",
+        hc.quarantined_jpeg,
+        (
+            "data.bad_images=quarantine: dropping 1 undecodable image(s)",
+            "from every split: train/fruit03/fruit03_2.jpg",
+        ),
+        continues=True,
+    ),
+    "image-folder-truncated-test-image": Case(
+        "train", hc.truncated_test_png, ("cannot be decoded: test/t4.png", "data.bad_images=quarantine")
+    ),
+    # ---- train.py, ariel_* ----------------------------------------------------------------------
+    "ariel-fold-out-of-range": Case(
+        "train",
+        fixed("experiment=ariel_v50", "data=ariel_toy", "data.fold=4"),
+        ("data.fold=4", "data.n_folds=4", "0..3"),
+    ),
+    "ariel-unknown-calibration-step": Case(
+        "train",
+        fixed("experiment=ariel_mlp", "data=ariel_toy", "data.calibration.steps=[adc,mask,darkk]"),
+        ("data.calibration.steps[2]: unknown calibration step 'darkk'", "use one of", "'dark'"),
+    ),
+    "ariel-impossible-step-order": Case(
+        "train",
+        hc.ariel_clean("ariel_polyfit", "data.calibration.steps=[adc,cds,linearity,bin,extract]"),
+        ("step 'linearity' works on individual reads but 'cds' ran before it", "put 'linearity' before 'cds'"),
+    ),
+    "ariel-missing-dataset": Case(
+        "train", fixed("experiment=ariel_mlp"), ("ariel-data-challenge-2025 does not exist", "simulate.if_missing=true")
+    ),
+    "ariel-fold-count-above-planets": Case(
+        "train",
+        hc.ariel_clean("ariel_v50", "data.n_folds=3"),
+        ("data.n_folds=3 is out of range for 2 samples", "set data.n_folds to an integer in 2..2"),
+    ),
+    "ariel-labels-wrong-columns": Case(
+        "train",
+        hc.ariel_case("ariel_v50", hc.labels_first_columns),
+        ("labels file <root>/data/ariel_bad/train.csv has 100 columns", "wl_1..wl_283"),
+    ),
+    "ariel-labels-duplicated-planet": Case(
+        "train",
+        hc.ariel_case("ariel_mlp", hc.labels_duplicate_planet),
+        ("<root>/data/ariel_bad/train.csv: planet_id", "appears on 2 rows", "keep one row per planet"),
+    ),
+    "ariel-labels-empty-file": Case(
+        "train",
+        hc.ariel_case("ariel_polyfit", hc.labels_empty),
+        ("cannot parse labels file <root>/data/ariel_bad/train.csv", FIX),
+    ),
+    "ariel-signal-wrong-column-count": Case(
+        "train",
+        hc.ariel_case("ariel_v50", hc.signal_drop_columns),
+        ("FGS1 signal file", "FGS1_signal_0.parquet has 1000 columns", "expected 1024 columns", FIX),
+    ),
+    "ariel-signal-wrong-dtype": Case(
+        "train",
+        hc.ariel_case("ariel_mlp", hc.signal_as_strings),
+        ("FGS1_signal_0.parquet column '0' holds string values", "expected integers or floats", FIX),
+    ),
+    "ariel-signal-nan-filled": Case(
+        "train",
+        hc.ariel_case("ariel_polyfit", hc.signal_all_nan),
+        ("FGS1 signal file", "FGS1_signal_0.parquet holds 98304 NaN", "must be finite"),
+    ),
+    "ariel-calibration-truncated": Case(
+        "train",
+        hc.ariel_case("ariel_v50", hc.calibration_truncated),
+        ("cannot read FGS1 flat calibration file", "FGS1_calibration_0/flat.parquet", "restore flat.parquet"),
+    ),
+    "ariel-calibration-missing": Case(
+        "train",
+        hc.ariel_case("ariel_mlp", hc.calibration_missing),
+        ("missing raw file", "FGS1_calibration_0/dark.parquet", "from the competition data"),
+    ),
+    # ---- train.py, video_postfilter -------------------------------------------------------------
+    "video-unknown-codec": Case(
+        "train", fixed(*hc.VIDEO, "data.codec.name=libx999"), ("data.codec.name='libx999'", "libx264, libx265")
+    ),
+    "video-crf-out-of-range": Case(
+        "train", fixed(*hc.VIDEO, "data.codec.crf=99"), ("data.codec.crf=99", "[0, 51]", "set data.codec.crf")
+    ),
+    "video-missing-source": Case(
+        "train",
+        lambda ws: [*hc.VIDEO, f"data.source={ws.root / 'clips' / 'nope.mp4'}"],
+        ("data.source='<root>/clips/nope.mp4': no such video file", "bundled clip name"),
+    ),
+    "video-source-not-a-video": Case(
+        "train", hc.garbage_video, ("cannot decode <root>/clips/clip.mp4 as a video", "ffprobe")
+    ),
+    "video-bad-split-shares": Case(
+        "train",
+        fixed(*hc.VIDEO, "data.split=[0.5,0.5,0.5]"),
+        ("data.split=[0.5, 0.5, 0.5]", "data.split=[0.7,0.15,0.15]"),
+    ),
+    # ---- cv.py ----------------------------------------------------------------------------------
+    "cv-no-experiment": Case("cv", fixed(), ("no experiment chosen", "experiment=<name>", FIX)),
+    "cv-folds-out-of-range": Case(
+        "cv", fixed(DIGITS, "cv.folds=[0,7]"), ("cv.folds=[0, 7] has fold(s) [7] outside 0..4", "cv.folds=null")
+    ),
+    "cv-missing-data": Case(
+        "cv",
+        lambda ws: [DIGITS, f"data.root={ws.root / 'nowhere'}", "data.prepare=null", "logger=csv"],
+        ("missing data file <root>/nowhere/train.csv", FIX),
+    ),
+    # ---- ensemble.py ----------------------------------------------------------------------------
+    "ensemble-no-members": Case("ensemble", fixed(), ("members is empty", "members=[outputs/<experiment>/<cv run>")),
+    "ensemble-missing-member": Case(
+        "ensemble", fixed("members=[members/gone]"), ("member directory <root>/members/gone does not exist", FIX)
+    ),
+    "ensemble-member-without-oof": Case(
+        "ensemble",
+        hc.member_without_oof,
+        ("<root>/members/single_run holds no out-of-fold predictions", "point members at cv.py run directories"),
+    ),
+    "ensemble-truncated-oof": Case(
+        "ensemble", hc.member_truncated_oof, ("cannot read <root>/members/cv_a/oof/oof.parquet as parquet", "cv.py")
+    ),
+    "ensemble-nan-oof": Case(
+        "ensemble",
+        hc.member_nan_probs,
+        ("<root>/members/cv_a/oof/oof.parquet: sample", "NaN or inf probabilities (3 rows)", FIX),
+    ),
+    "ensemble-unknown-select-by": Case(
+        "ensemble",
+        lambda ws: [f"members=[{hc.member(ws)}]", "select_by=f1"],
+        ("select_by='f1' is not a ranking metric", "['acc', 'log_loss']"),
+    ),
+    "ensemble-missing-train-csv": Case(
+        "ensemble",
+        lambda ws: [f"members=[{hc.member(ws)}]", "train_csv=data/none/train.csv"],
+        ("train_csv <root>/data/none/train.csv does not exist", "train_csv=null"),
+    ),
+    # ---- predict.py -----------------------------------------------------------------------------
+    "predict-ckpt-does-not-exist": Case(
+        "predict",
+        lambda ws: ["experiment=ariel_v50", "data=ariel_toy", f"ckpt={ws.root / 'ckpts' / 'nope.ckpt'}"],
+        ("checkpoint ckpt=<root>/ckpts/nope.ckpt does not exist", "pass last, best or the path"),
+    ),
+    "predict-run-never-trained": Case(
+        "predict",
+        fixed("experiment=ariel_polyfit", "data=ariel_toy", "run_name=never"),
+        ("no last checkpoint in <root>/outputs/ariel_polyfit/never/checkpoints", "train the run first"),
+    ),
+    "predict-unknown-split": Case(
+        "predict",
+        fixed("experiment=ariel_mlp", "data=ariel_toy", "split=train"),
+        ("split='train' is not a split", "pass split=test"),
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def ariel_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 training + 1 test simulated planets with few reads (read-only: cases copy it)."""
+    return simulate_dataset(
+        tmp_path_factory.mktemp("hostile_ariel") / "tiny", planets=2, seed=3, test_planets=1, cfg=TINY
+    )
+
+
+@pytest.fixture
+def run(root: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> Callable[..., EntryResult]:
+    """Run an entry point in-process, rooted at the test's root."""
+
+    def _run(entry: str, overrides: list[str]) -> EntryResult:
+        return run_entry_point(entry, [*overrides, "extras.print_config=false"], root, monkeypatch, capfd)
+
+    return _run
+
+
+def outputs_files(root: Path) -> list[Path]:
+    outputs = root / "outputs"
+    return sorted(p for p in outputs.rglob("*") if p.is_file()) if outputs.exists() else []
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input_is_rejected_cleanly(name: str, root: Path, run, request: pytest.FixtureRequest) -> None:
+    case = CASES[name]
+    workspace = hc.Workspace(root, lambda: request.getfixturevalue("ariel_tiny"))
+    result = run(case.entry, case.build(workspace))
+
+    output = result.output
+    for fragment in case.expected:
+        fragment = fragment.replace("<root>", str(root))
+        assert fragment in output, f"{name}: {fragment!r} not in:\n{output[-3000:]}"
+    assert "Traceback" not in result.err, result.err[-4000:]
+    finished = list((root / "outputs").rglob("metrics.json"))
+    if case.continues:
+        assert result.code == 0 and len(finished) == 1, f"{name}: exit {result.code}:\n{output[-3000:]}"
+        return
+    assert result.code != 0, f"{name}: exited 0:\n{output[-3000:]}"
+    assert not finished, f"{name}: a run was marked finished"
+    assert not outputs_files(root), f"{name}: stray files {outputs_files(root)}"
+
+
+def test_quarantined_image_is_dropped_and_the_run_continues(tmp_path: Path, caplog) -> None:
+    """``bad_images=quarantine``: setup succeeds, the image is in no split, the folds file is unchanged."""
+    root = make_fruit_set(tmp_path / "fruits")
+    clean = fruit_dm(root)
+    clean.setup("fit")
+    folds_files = {p.name: p.read_bytes() for p in root.glob("folds_*.csv")}
+    bad = root / "train" / "fruit03" / "fruit03_2.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # a torn download: the header parses, the pixels do not
+
+    dm = fruit_dm(root, bad_images="quarantine")
+    with caplog.at_level(logging.WARNING, logger="podium"):
+        dm.prepare_data()
+        dm.setup("fit")
+    assert "fruit03/fruit03_2.jpg" in caplog.text and "quarantine" in caplog.text
+    kept = set(dm.train_set.sample_ids) | set(dm.val_set.sample_ids)
+    assert "fruit03_2" not in kept and len(kept) == 89
+    assert set(dm.train_set.sample_ids) == set(clean.train_set.sample_ids) - {"fruit03_2"}
+    assert set(dm.val_set.sample_ids) == set(clean.val_set.sample_ids) - {"fruit03_2"}
+    assert {p.name: p.read_bytes() for p in root.glob("folds_*.csv")} == folds_files
+    assert len(dm.test_set) == 5
+    batch = next(iter(dm.train_dataloader()))  # the run goes on: every remaining image loads
+    assert batch["image"].shape[1:] == (3, 16, 16)
+
+
+def test_decode_verdicts_are_cached_until_a_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Later setups skip decoding unchanged files; a rewritten file is decoded again."""
+    from src.datamodules.images import integrity
+
+    root = make_fruit_set(tmp_path / "fruits", with_test=False)
+    fruit_dm(root).prepare_data()
+    assert (root / integrity.CHECK_CACHE_NAME).is_file()
+    calls: list[Path] = []
+    real = integrity.decodes
+    monkeypatch.setattr(integrity, "decodes", lambda p: calls.append(p) or real(p))
+    fruit_dm(root).prepare_data()
+    assert calls == []
+    changed = root / "train" / "fruit00" / "fruit00_0.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    fruit_dm(root).prepare_data()
+    assert calls == [changed]
+
+
+def _process_state() -> tuple:
+    root_logger = logging.getLogger()
+    return list(root_logger.handlers), root_logger.level, os.getcwd(), list(warnings.filters), dict(os.environ)
+
+
+def test_harness_restores_process_state(run, root: Path) -> None:
+    """A command run in-process leaves logging, Hydra, cwd, warning filters and env as they were."""
+    before = _process_state()
+    result = run("train", ["experiment=digits", "data.fold=9"])
+    assert result.code == 2 and "data.fold=9" in result.err
+    assert _process_state() == before
+    assert not HydraConfig.initialized()
+    run_logs = [h for h in logging.getLogger().handlers if str(root) in getattr(h, "baseFilename", "")]
+    assert not run_logs  # Hydra's per-run log file is closed and detached
