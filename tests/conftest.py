@@ -53,9 +53,8 @@ def compose_cfg(overrides: list[str], root: Path) -> DictConfig:
     return cfg
 
 
-@pytest.fixture
-def run_train(root: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run ``python train.py <args>`` in a subprocess rooted at the test's root."""
+def train_runner(root: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """A function running ``python train.py <args>`` in a subprocess rooted at ``root``."""
 
     def _run(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, "PODIUM_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
@@ -71,6 +70,23 @@ def run_train(root: Path) -> Callable[..., subprocess.CompletedProcess]:
         return proc
 
     return _run
+
+
+@pytest.fixture
+def run_train(root: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``python train.py <args>`` in a subprocess rooted at the test's root."""
+    return train_runner(root)
+
+
+def mlflow_runs(root: Path, run_name: str, experiment: str = "digits") -> list:
+    """The MLflow runs named ``run_name`` of ``experiment`` in ``root``'s store."""
+    import mlflow
+
+    from src.core.mlflow_store import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri(root / "mlruns"))
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], f"attributes.run_name = '{run_name}'")
 
 
 def read_metrics(run_dir: Path) -> dict:

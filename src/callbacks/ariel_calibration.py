@@ -60,11 +60,31 @@ class ValidationBuffer:
 
 
 def gather_rows(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
-    """Rows of ``x`` from every process, concatenated (equal row counts per process assumed)."""
+    """Rows of ``x`` from every process, concatenated in rank order.
+
+    Row counts may differ by process (evaluation splits are not padded, see
+    ``PodiumDataModule.eval_sampler``): each process pads to the longest share for the collective
+    and the padding is cut off again. A collective: call it on every process.
+    """
     if pl_module.trainer is None or pl_module.trainer.world_size == 1:
         return x
-    gathered = pl_module.all_gather(x)
-    return gathered.reshape(-1, *x.shape[1:])
+    counts = pl_module.all_gather(torch.tensor(x.shape[0], device=x.device)).reshape(-1).tolist()
+    padded = x.new_zeros((max(counts), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    gathered = pl_module.all_gather(padded)
+    return torch.cat([gathered[rank, :n] for rank, n in enumerate(counts)])
+
+
+def gather_by_planet(pl_module: pl.LightningModule, ids: Tensor, *values: Tensor) -> list[Tensor]:
+    """``[ids, *values]`` gathered from every process, rows in ascending planet id.
+
+    The order then depends neither on the number of processes nor on how the split was shared
+    out, so order-dependent fits (the conformal cross-fit halves) give the same result on one
+    process and on many. A collective: call it on every process.
+    """
+    ids = gather_rows(pl_module, ids)
+    order = torch.argsort(ids)
+    return [ids[order], *(gather_rows(pl_module, v)[order] for v in values)]
 
 
 class _ValidationCalibrator(Callback):
@@ -159,8 +179,8 @@ class TemperatureScaling(_ValidationCalibrator):
         values.update({"val/cal/z_mean": z_mean, "val/cal/z_std": z_std})
         values["val/ts_scale"] = self.scale.mean()
         self.metrics.reset()
-        for name, value in values.items():
-            pl_module.log(name, float(value))
+        for name, value in values.items():  # equal on every process (synced metrics)
+            pl_module.log(name, float(value), sync_dist=True)
 
     def calibrate(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Scale ``outputs["sigma"]`` in place by the fitted scales (no-op before fitting)."""
@@ -270,9 +290,8 @@ class ConformalCalibration(_ValidationCalibrator):
 
     @override
     def refit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mu = gather_rows(pl_module, self.buffer.get("mu"))
-        sigma = gather_rows(pl_module, self.buffer.get("sigma_raw"))
-        y = gather_rows(pl_module, self.buffer.get("target"))
+        get = self.buffer.get
+        _, mu, sigma, y = gather_by_planet(pl_module, get("planet_id"), get("mu"), get("sigma_raw"), get("target"))
         scores = self.scores(mu, sigma, y).cpu()
         sigma = sigma.double().cpu()
         self.report = {}
@@ -283,8 +302,8 @@ class ConformalCalibration(_ValidationCalibrator):
                 self.sim_quantiles[name] = float(conformal_quantile(scores.max(dim=1).values, level))
             self.report.update(self._cross_fit(scores, sigma, level))
         for key, value in self.report.items():
-            if math.isfinite(value):
-                pl_module.log(f"val/conformal/{key}", value)
+            if math.isfinite(value):  # equal on every process (gathered predictions)
+                pl_module.log(f"val/conformal/{key}", value, sync_dist=True)
 
     def calibrate(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add ``half_width_<level>`` (and ``sim_half_width_<level>``) to predict outputs (depth units)."""

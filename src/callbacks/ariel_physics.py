@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
+from src.callbacks.ariel_calibration import gather_by_planet
 from src.core.errors import ConfigError
 from src.core.io import atomic_path
 from src.modules.networks.ariel_parts import ArielOutput
@@ -197,13 +198,16 @@ class PhysicsConstraints(Callback):
             ("high_freq_rate", high / planets),
             ("planet_rate", planets_any / planets),
         ):
-            pl_module.log(f"val/physics/{name}", value)
-        self._keep_rates(maps, torch.cat(self._ids))
+            pl_module.log(f"val/physics/{name}", value, sync_dist=True)  # equal on every process
+        self._keep_rates(pl_module, maps, torch.cat(self._ids))
 
-    def _keep_rates(self, maps: dict[str, Tensor], ids: Tensor) -> None:
-        """Per-planet and per-bin rates of this process's last validation pass (for the CSV files)."""
-        self.planet_rates = rates_table(maps, ids.cpu().numpy()).to_dict("list")
-        self.bin_rates = maps["any"].double().mean(0).cpu().tolist()
+    def _keep_rates(self, pl_module: pl.LightningModule, maps: dict[str, Tensor], ids: Tensor) -> None:
+        """Per-planet and per-bin rates of the last validation pass over every process (for the CSV files)."""
+        names = list(maps)
+        ids, *gathered = gather_by_planet(pl_module, ids, *(maps[k].double() for k in names))
+        full = dict(zip(names, gathered, strict=True))
+        self.planet_rates = rates_table(full, ids.cpu().numpy()).to_dict("list")
+        self.bin_rates = full["any"].mean(0).cpu().tolist()
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

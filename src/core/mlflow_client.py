@@ -110,11 +110,15 @@ def log_metrics(mlf: Any, run_id: str, metrics: Mapping[str, float], step: int =
 def log_run_dir(mlf: Any, run_id: str, run_dir: str | Path, skip: Iterable[str] = ()) -> None:
     """Upload a run directory's files as artifacts, keeping their relative folders.
 
-    Hidden files and folders are left out, and so are top-level folders named in ``skip``.
+    Hidden files and folders are left out, and so are top-level folders named in ``skip``. Skipping
+    ``checkpoints`` also skips top-level ``*.ckpt`` files: Lightning's SLURM requeue checkpoints
+    (``hpc_ckpt_<n>.ckpt``) are written beside ``config.yaml`` rather than into ``checkpoints/``.
     """
     run_dir, skip = Path(run_dir), set(skip)
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts) or rel.parts[0] in skip:
+            continue
+        if "checkpoints" in skip and len(rel.parts) == 1 and path.suffix == ".ckpt":
             continue
         mlf.log_artifact(run_id, str(path), artifact_path=str(rel.parent) if str(rel.parent) != "." else None)

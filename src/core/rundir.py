@@ -4,16 +4,18 @@
 config.yaml        resolved config of the run
 manifest.json      provenance (git, command, config hash, packages, host, data) + MLflow run id
 checkpoints/       last.ckpt (resume point), the best checkpoint, on_exception.ckpt
+hpc_ckpt_<n>.ckpt  Lightning's SLURM requeue checkpoints (resume points too; only on SLURM)
 metrics.json       final metrics; written atomically when the run finishes
 ```
 
-State is read off the files alone: ``metrics.json`` present means finished, ``last.ckpt`` present
-without it means resumable, neither means fresh.
+State is read off the files alone: ``metrics.json`` present means finished, a resume point
+(``last.ckpt`` or ``hpc_ckpt_<n>.ckpt``) present without it means resumable, neither means fresh.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +24,9 @@ from typing import Any
 
 from src.core.errors import RunStateError
 from src.core.io import write_json_atomic
+
+#: Lightning's name for the checkpoint it writes on SLURM's requeue signal.
+HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
 
 class RunState(StrEnum):
@@ -62,11 +67,33 @@ class RunDir:
     def config_file(self) -> Path:
         return self.path / "config.yaml"
 
+    def hpc_checkpoints(self) -> list[Path]:
+        """Lightning's SLURM requeue checkpoints in this run directory, by number (newest last).
+
+        On the requeue signal Lightning saves ``hpc_ckpt_<n>.ckpt`` into ``trainer.default_root_dir``
+        (the run directory, ``configs/trainer/default.yaml``), ``n`` one above the highest present.
+        """
+        matches = (HPC_CKPT.fullmatch(p.name) for p in self.path.glob("hpc_ckpt_*.ckpt"))
+        numbered = sorted((int(m.group(1)), self.path / m.group(0)) for m in matches if m)
+        return [p for _, p in numbered if p.is_file()]
+
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint a resumed run continues from, or None when there is none.
+
+        The newer (by modification time) of ``checkpoints/last.ckpt`` and the highest-numbered
+        ``hpc_ckpt_<n>.ckpt``: a requeued job resumes from the checkpoint Lightning wrote on the
+        requeue signal, and a job that trained past it and was then killed, from its later
+        ``last.ckpt``. Lightning itself would prefer the hpc checkpoint only when no checkpoint is
+        passed to ``fit``, and then even when it is older, so podium chooses here and passes it.
+        """
+        candidates = [p for p in (self.last_ckpt, *self.hpc_checkpoints()[-1:]) if p.is_file()]
+        return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
     def state(self) -> RunState:
         """Finished, resumable or fresh, from the files present."""
         if self.metrics_file.is_file():
             return RunState.FINISHED
-        if self.last_ckpt.is_file():
+        if self.resume_checkpoint() is not None:
             return RunState.RESUMABLE
         return RunState.FRESH
 
@@ -109,8 +136,12 @@ class RunDir:
     def reset(self) -> None:
         """Forget a previous run here (``force=true``): checkpoints, metrics and manifest go.
 
-        The old MLflow run stays in the store; the next start creates a new one.
+        The old MLflow run stays in the store; the next start creates a new one. The requeue
+        checkpoints go too: on SLURM, Lightning resumes a fit started without a checkpoint from
+        the newest of them.
         """
         shutil.rmtree(self.checkpoints, ignore_errors=True)
+        for ckpt in self.hpc_checkpoints():
+            ckpt.unlink(missing_ok=True)
         for f in (self.metrics_file, self.manifest_file):
             f.unlink(missing_ok=True)

@@ -43,6 +43,14 @@ def trainer_plugins(trainer_cfg: DictConfig) -> list[Any]:
 
 
 def _finished(run: RunDir, cfg: DictConfig) -> float | None:
+    old = run.manifest().get("config_hash")
+    if old is not None and old != config_hash(cfg):
+        # Reporting these results would hand a sweep (or a reader) numbers of another config.
+        raise RunStateError(
+            f"{run.path} holds a finished run of a different config (hash {old}, now "
+            f"{config_hash(cfg)}); its results do not answer this command",
+            "pass force=true to train this config there instead, or run_name=<new name> to keep both",
+        )
     metrics = run.metrics()
     shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
     rank_zero_only(print)(
@@ -99,12 +107,13 @@ def _start_records(
     """Write config.yaml and manifest.json, creating (or reopening) the MLflow run."""
     write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
     run_id = mlf.run_id if mlf is not None else None
-    if run.last_ckpt.is_file() and manifest:
-        ckpt = load_checkpoint_file(run.last_ckpt, mmap=True)
+    resume = run.resume_checkpoint()
+    if resume is not None and manifest:
+        ckpt = load_checkpoint_file(resume, mmap=True)
         manifest.setdefault("resumes", []).append(
             {
                 "at": utc_now(),
-                "checkpoint": "checkpoints/last.ckpt",
+                "checkpoint": resume.relative_to(run.path).as_posix(),
                 "epoch": ckpt.get("epoch"),
                 "global_step": ckpt.get("global_step"),
                 "command": sys.argv[1:],
@@ -175,10 +184,10 @@ def train(cfg: DictConfig) -> float | None:
     )
     mlf = _mlflow(loggers)
     _start_records(run, cfg, manifest, fingerprint, mlf)
-    if state is RunState.RESUMABLE:
-        rank_zero_only(log.info)(f"resuming {run.path} from {run.last_ckpt}")
-
-    resume_from = str(run.last_ckpt) if state is RunState.RESUMABLE else None
+    # The newest of last.ckpt and Lightning's SLURM requeue checkpoints (RunDir.resume_checkpoint).
+    resume_from = run.resume_checkpoint() if state is RunState.RESUMABLE else None
+    if resume_from is not None:
+        rank_zero_only(log.info)(f"resuming {run.path} from {resume_from}")
     # The run's own checkpoints hold its hyper-parameters (partial optimizers), so they are
     # loaded in full rather than weights-only.
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)

@@ -3,12 +3,84 @@ whose order and randomness depend on (seed, epoch) alone."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
+
+
+class _AfterDone:
+    """Batches of indices without the first ``done()`` ones, counted when the first is requested."""
+
+    def __init__(self, batches: Iterable[Any], done: Callable[[], int]) -> None:
+        self.batches, self.done = batches, done
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.batches)
+        for _ in range(self.done()):
+            if next(it, None) is None:
+                return
+        yield from it
+
+
+class _OnFirstNext:
+    """An iterator made by ``make()`` when its first item is requested."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self._make, self._it = make, None
+
+    def __iter__(self) -> _OnFirstNext:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._it = self._make()
+        return next(self._it)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_make": self._make, "_it": None}  # torch's iterators cannot be pickled
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that continues a training epoch resumed from a mid-epoch checkpoint.
+
+    Lightning restores the loop's batch counter from a mid-epoch checkpoint (the one it writes when
+    SLURM asks a job to requeue) but restarts a plain DataLoader at the epoch's first batch. The
+    order of indices depends on the sampler's (seed, epoch) alone, so dropping the first
+    ``batches_done(loader)`` batches of indices, before any sample is read, continues the epoch
+    where it stopped. Lightning's ``state_dict`` protocol marks the loader resumable; the position
+    itself is the loop's, so it saves nothing.
+
+    Each iteration's torch iterator is made when its first batch is requested: Lightning calls
+    ``iter()`` on the training loader before it restores a checkpoint and sets the sampler's epoch,
+    and worker processes would take that epoch's indices (and the skip count) right then.
+    """
+
+    batches_done: Callable[[DataLoader], int] | None = None
+
+    def __iter__(self) -> Any:
+        return _OnFirstNext(super().__iter__)
+
+    @property
+    def _index_sampler(self) -> Any:
+        # torch's iterators take their batches of indices from this property.
+        base, done = super()._index_sampler, self.batches_done
+        return base if done is None else _AfterDone(base, lambda: done(self))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 class PodiumDataModule(pl.LightningDataModule):
@@ -57,15 +129,32 @@ class PodiumDataModule(pl.LightningDataModule):
             )
         return self.hparams.batch_size // world
 
+    def eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """This process's share of an evaluation split: every sample on exactly one process.
+
+        Lightning's default for a distributed run pads the split with repeated samples until it
+        divides evenly, which counts those samples twice in synced metrics and in gathered
+        predictions. Processes here may run one batch fewer instead; nothing in validation or
+        test synchronises per batch. A split smaller than the world keeps the padding so that
+        every process still runs a batch. None (plain order) on one process.
+        """
+        world, rank = self._world()
+        if world == 1:
+            return None
+        if len(dataset) < world:
+            return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+
     def make_loader(self, dataset: Dataset, sampler: Sampler | None, drop_last: bool = False) -> DataLoader:
         """A DataLoader with the per-device batch size and its own seeded generator.
 
         The generator keeps iterator creation from drawing on the global RNG, whose per-epoch
         state ``EpochSeed`` controls; the sampler (a DistributedSampler, even on one process,
-        whose ``set_epoch`` Lightning calls) fixes the order.
+        whose ``set_epoch`` Lightning calls) fixes the order, and a training epoch resumed
+        mid-way starts after the batches it already trained on (:class:`ResumableLoader`).
         """
         workers = self.hparams.num_workers
-        return DataLoader(
+        loader = ResumableLoader(
             dataset,
             batch_size=self.per_device_batch_size(),
             sampler=sampler,
@@ -76,3 +165,14 @@ class PodiumDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.hparams.seed),
         )
+        loader.batches_done = self._train_batches_done
+        return loader
+
+    def _train_batches_done(self, loader: DataLoader) -> int:
+        """Batches of the current epoch the fit loop has trained on when it asks ``loader`` for
+        the epoch's first batch: those before the checkpoint of a run resumed mid-epoch, else 0.
+        Other iterations of a loader (predictions, calibration passes in callbacks) start at 0."""
+        trainer = self.trainer
+        if loader is not getattr(trainer, "train_dataloader", None):
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready

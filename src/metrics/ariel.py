@@ -81,7 +81,8 @@ def score_2024(
     Returns:
         A scalar in [0, 1].
     """
-    metric = ArielScore2024(naive_mean, naive_sigma, sigma_true).to(y.device)
+    # A whole table in hand: no gathering from other processes (a rank-zero caller would hang).
+    metric = ArielScore2024(naive_mean, naive_sigma, sigma_true, sync_on_compute=False).to(y.device)
     metric.update(mu, sigma, y)
     return metric.compute()
 
@@ -97,7 +98,9 @@ def score_2025(
     fgs1_weight: float = FGS1_WEIGHT_2025,
 ) -> Tensor:
     """The Ariel 2025 score of a whole prediction table (see module docstring); a scalar in [0, 1]."""
-    metric = ArielScore2025(naive_mean, naive_sigma, fgs1_sigma_true, airs_sigma_true, fgs1_weight).to(y.device)
+    metric = ArielScore2025(
+        naive_mean, naive_sigma, fgs1_sigma_true, airs_sigma_true, fgs1_weight, sync_on_compute=False
+    ).to(y.device)
     metric.update(mu, sigma, y)
     return metric.compute()
 

@@ -11,9 +11,10 @@ preceded by ``mse_warmup_epochs`` of mean squared error on mu (sigma untrained),
 terms callbacks register (``add_loss_term``; e.g. ``PhysicsConstraints``).
 
 Logged: ``train/loss``, ``val/loss``, ``val/gll``, ``val/score2024``, ``val/score2025``,
-``val/mae_ppm``, ``val/cov68``, ``val/cov95``, ``val/z_mean``, ``val/z_std`` (torchmetrics,
-synced across processes). ``validation_step`` and ``predict_step`` return the predictions as
-dicts of tensors for the callbacks (calibration, physics checks, report, submission).
+``val/mae_ppm``, ``val/cov68``, ``val/cov95``, ``val/z_mean``, ``val/z_std`` and ``val/samples``
+(planets validated) (torchmetrics, synced across processes). ``validation_step`` and
+``predict_step`` return the predictions as dicts of tensors for the callbacks (calibration,
+physics checks, report, submission).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchmetrics import SumMetric
 from typing_extensions import override
 
 from src.core.errors import ConfigError
@@ -60,6 +62,8 @@ class ArielMetrics(nn.Module):
         self.gll, self.mae_ppm = MeanGLL(), MAEppm()
         self.cov68, self.cov95 = IntervalCoverage(0.68), IntervalCoverage(0.95)
         self.z = ZScoreMoments()
+        # Planets seen, summed over processes: proves a DDP run validates every planet once.
+        self.samples = SumMetric()
 
     def set_naive(self, mean: float, sigma: float) -> None:
         self.score2024.set_naive(mean, sigma)
@@ -69,6 +73,7 @@ class ArielMetrics(nn.Module):
         for name in ("score2024", "score2025", "gll", "cov68", "cov95", "z"):
             getattr(self, name).update(mu, sigma, y)
         self.mae_ppm.update(mu, y)
+        self.samples.update(torch.tensor(float(len(y)), dtype=torch.float64, device=y.device))
 
     def reset(self) -> None:
         for metric in self.children():
@@ -78,14 +83,15 @@ class ArielMetrics(nn.Module):
         """Log the metric objects (Lightning computes and resets them at epoch end)."""
         for name in self.SCALARS:
             module.log(f"{prefix}/{name}", getattr(self, name), on_epoch=True, batch_size=batch_size)
+        module.log(f"{prefix}/samples", self.samples, on_epoch=True, batch_size=batch_size)
 
     def log_z(self, module: pl.LightningModule, prefix: str) -> None:
         """Log z mean/std (a two-valued metric, computed and reset by hand at epoch end)."""
         if int(self.z.update_count) == 0:
             return
         mean, std = self.z.compute()
-        module.log(f"{prefix}/z_mean", mean.float())
-        module.log(f"{prefix}/z_std", std.float())
+        module.log(f"{prefix}/z_mean", mean.float(), sync_dist=True)  # equal on every process (synced)
+        module.log(f"{prefix}/z_std", std.float(), sync_dist=True)
         self.z.reset()
 
 
@@ -152,6 +158,14 @@ class ArielRegressor(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit" and not self.trainable and self.trainer.world_size > 1:
+            # Said here, before the strategy wraps the model: DistributedDataParallel refuses one
+            # without trainable parameters with an error that names neither the model nor the fix.
+            raise ConfigError(
+                f"{type(self.net).__name__} has no trainable parameters, so there is nothing to fit on "
+                f"{self.trainer.world_size} processes (DistributedDataParallel refuses such a model)",
+                "fit it on one process: trainer=cpu (its closed-form fit needs no gradient sync)",
+            )
         if stage != "fit" or bool(self.fitted):
             return
         dm = self.trainer.datamodule if self.trainer is not None else None

@@ -2,7 +2,8 @@
 
 Trains on (decoded, original) patches with a configurable restoration loss and scores whole
 validation/test frames: ``val/psnr`` and ``val/ssim`` of the filtered frames, ``val/psnr_gain``
-over the decoded input (mean per-frame PSNR difference, dB). Int8 QAT is switched on by the
+over the decoded input (mean per-frame PSNR difference, dB), and ``val/samples`` (frames scored,
+summed over processes). Int8 QAT is switched on by the
 ``QuantizationAwareTraining`` callback through ``prepare_qat``; checkpoints record whether the conv
 stack is prepared, so ``load_from_checkpoint`` rebuilds the prepared graph before loading.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torchmetrics import SumMetric
 from typing_extensions import override
 
 from src.metrics.video import FrameDistortion
@@ -54,6 +56,8 @@ class PostFilterModule(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_{kind}": FrameDistortion() for stage in ("val", "test") for kind in ("filtered", "decoded")}
         )
+        # Frames scored, summed over processes: proves a DDP run scores every frame once.
+        self.samples = torch.nn.ModuleDict({stage: SumMetric() for stage in ("val", "test")})
 
     @override
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -101,6 +105,7 @@ class PostFilterModule(pl.LightningModule):
         self.log(f"{stage}/loss", self.loss(restored, original), on_epoch=True, batch_size=n, sync_dist=True)
         self.metrics[f"{stage}_filtered"].update(restored.clamp(0, 1), original)
         self.metrics[f"{stage}_decoded"].update(decoded, original)
+        self.samples[stage].update(torch.tensor(float(n), device=self.device))
 
     def _log_distortion(self, stage: str) -> None:
         filtered = self.metrics[f"{stage}_filtered"].compute()
@@ -113,8 +118,10 @@ class PostFilterModule(pl.LightningModule):
         }
         for key, value in values.items():
             self.log(key, value, prog_bar=key.endswith(("psnr", "gain")), sync_dist=True)
+        self.log(f"{stage}/samples", self.samples[stage].compute(), sync_dist=True)
         self.metrics[f"{stage}_filtered"].reset()
         self.metrics[f"{stage}_decoded"].reset()
+        self.samples[stage].reset()
 
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -11,17 +11,12 @@ import mlflow
 import pytest
 import yaml
 
+from src.core.errors import RunStateError
 from src.core.mlflow_store import tracking_uri
 from src.core.training import train
-from tests.conftest import TINY_MODEL, compose_cfg, read_metrics
+from tests.conftest import TINY_MODEL, compose_cfg, mlflow_runs, read_metrics
 
 SHORT = ["experiment=digits", *TINY_MODEL, "trainer.max_epochs=3", "+trainer.limit_train_batches=8"]
-
-
-def mlflow_runs(root: Path, run_name: str) -> list:
-    client = mlflow.MlflowClient(tracking_uri(root / "mlruns"))
-    exp = client.get_experiment_by_name("digits")
-    return client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -50,6 +45,18 @@ def test_finished_run_reports_and_force_retrains(root: Path, run_train) -> None:
     second = json.loads((run_dir / "manifest.json").read_text())["mlflow_run_id"]
     assert second != first
     assert (run_dir / "metrics.json").stat().st_mtime_ns != stamp
+
+
+def test_finished_run_of_another_config_is_refused(root: Path) -> None:
+    # A sweep trial (or anyone) reusing a run name must not be handed another config's results.
+    first = compose_cfg([*SHORT, "trainer.max_epochs=1", "run_name=same"], root)
+    train(first)
+    metrics = root / "outputs" / "digits" / "same" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    other = compose_cfg([*SHORT, "trainer.max_epochs=1", "model.optimizer.lr=0.01", "run_name=same"], root)
+    with pytest.raises(RunStateError, match="finished run of a different config") as err:
+        train(other)
+    assert "force=true" in err.value.fix and metrics.stat().st_mtime_ns == stamp
 
 
 def test_mlflow_run_has_params_metrics_and_artifacts(root: Path) -> None:
@@ -107,5 +114,7 @@ def test_optuna_sweep_runs_trials(root: Path, run_train) -> None:
     results = yaml.safe_load((root / "outputs" / "optimization_results.yaml").read_text())
     assert 0.0 <= results["best_value"] <= 1.0
     assert set(results["best_params"]) >= {"model.optimizer.lr", "data.batch_size"}
-    for trial in ("optuna_trial_0", "optuna_trial_1"):
-        assert read_metrics(root / "outputs" / "digits" / trial)["val/acc"] >= 0.0
+    trials = sorted((root / "outputs" / "digits").glob("trial-*"))
+    assert len(trials) == 2, trials  # one run directory per proposed parameter set
+    for trial in trials:
+        assert read_metrics(trial)["val/acc"] >= 0.0

@@ -327,7 +327,8 @@ class ArielDataModule(PodiumDataModule):
     # ---- loaders -------------------------------------------------------------------------------
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if not train:
+            return self.make_loader(dataset, self.eval_sampler(dataset))
         world, rank = self._world()
-        seed = self.hparams.seed
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed) if train else None
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
         return self.make_loader(dataset, sampler)

@@ -214,9 +214,11 @@ class VideoPairDataModule(PodiumDataModule):
         return self.make_loader(dataset, sampler, drop_last=True)
 
     def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.hparams.eval_batch_size,
+            sampler=self.eval_sampler(dataset),
             shuffle=False,
             num_workers=self.hparams.num_workers,
             pin_memory=self.hparams.pin_memory,
