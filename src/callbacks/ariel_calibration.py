@@ -38,18 +38,23 @@ def _level_name(level: float) -> str:
 
 
 class ValidationBuffer:
-    """Validation predictions of one epoch on this process (cleared at each epoch start)."""
+    """Validation predictions of one epoch on this process (cleared at each epoch start).
 
-    def __init__(self) -> None:
+    Args:
+        keys: The output entries to keep; outputs lacking one of them are ignored.
+    """
+
+    def __init__(self, keys: Sequence[str] = ("mu", "sigma_raw", "target", "planet_id")) -> None:
+        self.keys = tuple(keys)
         self.parts: dict[str, list[Tensor]] = {}
 
     def clear(self) -> None:
         self.parts = {}
 
     def add(self, outputs: Any) -> None:
-        if not isinstance(outputs, dict) or "target" not in outputs:
+        if not isinstance(outputs, dict) or any(key not in outputs for key in self.keys):
             return
-        for key in ("mu", "sigma_raw", "target", "planet_id"):
+        for key in self.keys:
             self.parts.setdefault(key, []).append(outputs[key].detach())
 
     def __len__(self) -> int:
@@ -87,11 +92,15 @@ def gather_by_planet(pl_module: pl.LightningModule, ids: Tensor, *values: Tensor
     return [ids[order], *(gather_rows(pl_module, v)[order] for v in values)]
 
 
-class _ValidationCalibrator(Callback):
-    """Collect validation predictions each epoch and refit at its end (not during sanity checks)."""
+class ValidationCollector(Callback):
+    """Collect validation predictions each epoch and refit at its end (not during sanity checks).
 
-    def __init__(self) -> None:
-        self.buffer = ValidationBuffer()
+    Args:
+        keys: The validation output entries :meth:`refit` reads from ``self.buffer``.
+    """
+
+    def __init__(self, keys: Sequence[str] = ("mu", "sigma_raw", "target", "planet_id")) -> None:
+        self.buffer = ValidationBuffer(keys)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -120,7 +129,27 @@ class _ValidationCalibrator(Callback):
         raise NotImplementedError
 
 
-class TemperatureScaling(_ValidationCalibrator):
+class _SigmaCalibrator(ValidationCollector):
+    """A validation-fitted calibration that also rewrites predict outputs (see :meth:`calibrate`)."""
+
+    def calibrate(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(outputs, dict):
+            self.calibrate(outputs)
+
+
+class TemperatureScaling(_SigmaCalibrator):
     """Scale sigma per bin (or globally) so that ``mean(z^2) = 1`` on the validation fold.
 
     The per-bin estimate ``s_b^2 = (sum_i z_ib^2 + k s_g^2) / (n + k)`` is shrunk towards the
@@ -189,19 +218,6 @@ class TemperatureScaling(_ValidationCalibrator):
         return outputs
 
     @override
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if isinstance(outputs, dict):
-            self.calibrate(outputs)
-
-    @override
     def state_dict(self) -> dict[str, Any]:
         return {"scale": None if self.scale is None else self.scale.tolist(), "per_bin": self.per_bin}
 
@@ -231,7 +247,7 @@ def conformal_quantile(scores: Tensor, level: float) -> Tensor:
     return scores.sort(dim=0).values[rank - 1]
 
 
-class ConformalCalibration(_ValidationCalibrator):
+class ConformalCalibration(_SigmaCalibrator):
     """Split-conformal intervals on the scores ``|y - mu| / sigma`` of the validation fold.
 
     Per bin, the band ``mu ± q_b sigma`` covers a new planet's depth with probability at least
@@ -313,19 +329,6 @@ class ConformalCalibration(_ValidationCalibrator):
             if name in self.sim_quantiles:
                 outputs[f"sim_half_width_{name}"] = base * self.sim_quantiles[name]
         return outputs
-
-    @override
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if isinstance(outputs, dict):
-            self.calibrate(outputs)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

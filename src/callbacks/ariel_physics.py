@@ -25,11 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from src.callbacks.ariel_calibration import gather_by_planet
+from src.callbacks.ariel_calibration import ValidationCollector, gather_by_planet
 from src.core.errors import ConfigError
 from src.core.io import atomic_path
 from src.modules.networks.ariel_parts import ArielOutput
@@ -95,7 +94,7 @@ def violation_maps(
     return {"smooth": smooth, "negative": negative, "high_freq": high_freq, "any": any_cell}
 
 
-class PhysicsConstraints(Callback):
+class PhysicsConstraints(ValidationCollector):
     """Smoothness, non-negativity and high-frequency penalties; violation rates of validation spectra.
 
     Penalties are computed on ``mu / unit`` (the network's loss unit, so weights are unitless) and
@@ -127,12 +126,11 @@ class PhysicsConstraints(Callback):
                 f"fft_cutoff={fft_cutoff}",
                 "use weights >= 0 and 0 < fft_cutoff < 1 (a fraction of the Nyquist frequency)",
             )
+        super().__init__(keys=("mu", "planet_id"))
         self.weights = {"smooth": smooth_weight, "negative": negative_weight, "fft": fft_weight}
         self.fft_cutoff, self.fft_threshold = float(fft_cutoff), float(fft_threshold)
         self.smooth_threshold_ppm = float(smooth_threshold_ppm)
         self.dirpath = dirpath
-        self._mu: list[Tensor] = []
-        self._ids: list[Tensor] = []
         self.planet_rates: dict[str, list[float]] = {}
         self.bin_rates: list[float] = []
 
@@ -157,28 +155,8 @@ class PhysicsConstraints(Callback):
             pl_module.add_loss_term("physics", self.penalty)
 
     @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._mu, self._ids = [], []
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not trainer.sanity_checking and isinstance(outputs, dict):
-            self._mu.append(outputs["mu"].detach())
-            self._ids.append(outputs["planet_id"].detach())
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._mu:
-            return
-        mu = torch.cat(self._mu)
+    def refit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mu = self.buffer.get("mu")
         maps = self.maps(mu)
         sums = torch.stack(
             [
@@ -199,7 +177,7 @@ class PhysicsConstraints(Callback):
             ("planet_rate", planets_any / planets),
         ):
             pl_module.log(f"val/physics/{name}", value, sync_dist=True)  # equal on every process
-        self._keep_rates(pl_module, maps, torch.cat(self._ids))
+        self._keep_rates(pl_module, maps, self.buffer.get("planet_id"))
 
     def _keep_rates(self, pl_module: pl.LightningModule, maps: dict[str, Tensor], ids: Tensor) -> None:
         """Per-planet and per-bin rates of the last validation pass over every process (for the CSV files)."""
