@@ -16,6 +16,8 @@ from src.core.mlflow_client import artifact_root, ensure_store, flatten, log_run
 
 __all__ = ["PodiumMLFlowLogger", "artifact_root", "flatten", "tracking_uri"]
 
+RUN_DIR_TAG = "podium.run_dir"
+
 
 class PodiumMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger bound to the run directory.
@@ -56,6 +58,11 @@ class PodiumMLFlowLogger(MLFlowLogger):
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
+        # Tagged at creation, so a run whose manifest never got written can be found again.
+        self._run_dir = str(Path(manifest_path).parent) if manifest_path else None
+        if self._run_dir is not None:
+            tags.setdefault(RUN_DIR_TAG, self._run_dir)
+        self._fresh = run_id is None
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
@@ -74,12 +81,31 @@ class PodiumMLFlowLogger(MLFlowLogger):
         # see a unique-constraint error and simply look the experiment up again.
         for attempt in range(5):
             try:
-                return super().experiment
+                client = super().experiment
+                break
             except Exception as exc:
                 if attempt == 4 or "UNIQUE" not in str(exc).upper():
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+        if self._fresh and self._initialized:
+            self._fresh = False
+            self._close_orphans(client)
+        return client
+
+    def _close_orphans(self, client: Any) -> None:
+        """Mark KILLED the RUNNING runs of this run directory that a fresh start supersedes.
+
+        A process killed between creating its MLflow run and recording the run id in
+        ``manifest.json`` (or one whose run directory was reset with ``force=true``) leaves a run
+        that would otherwise show as RUNNING forever.
+        """
+        if self._run_dir is None:
+            return
+        runs = client.search_runs([self._experiment_id], filter_string="attributes.status = 'RUNNING'")
+        for run in runs:
+            if run.info.run_id != self._run_id and run.data.tags.get(RUN_DIR_TAG) == self._run_dir:
+                client.set_tag(run.info.run_id, "podium.superseded_by", self._run_id)
+                client.set_terminated(run.info.run_id, status="KILLED")
 
     @override
     @rank_zero_only

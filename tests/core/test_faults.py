@@ -127,6 +127,26 @@ def test_kill_while_writing_the_checkpoint_resumes_from_the_previous_one(digits_
 
 
 @pytest.mark.slow
+def test_kill_before_the_run_id_is_recorded_leaves_no_run_marked_running(digits_root: Path) -> None:
+    # Killed between creating the MLflow run and writing the first manifest.json: the rerun
+    # starts a new MLflow run and marks the orphan KILLED instead of leaving it RUNNING.
+    root = digits_root
+    args = [*SHORT, "trainer.max_epochs=1", "run_name=no_manifest"]
+    run_dir = root / "outputs" / "digits" / "no_manifest"
+    killed(run(root, *args, faults=("--kill-on-write", "manifest.json")))
+    assert not (run_dir / "manifest.json").exists()
+
+    ok(run(root, *args))
+
+    c = client(root)
+    runs = c.search_runs([c.get_experiment_by_name("digits").experiment_id], "attributes.run_name = 'no_manifest'")
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert len(runs) == 2 and status[run_id(run_dir)] == "FINISHED", status
+    (orphan,) = [r for r in runs if r.info.run_id != run_id(run_dir)]
+    assert orphan.info.status == "KILLED" and orphan.data.tags["podium.superseded_by"] == run_id(run_dir)
+
+
+@pytest.mark.slow
 def test_kill_while_writing_oof_predictions_then_rerun_writes_them_whole(digits_root: Path) -> None:
     root = digits_root
     args = [*SHORT, "trainer.max_epochs=1", "callbacks=[default,oof_images]", "run_name=oof"]
