@@ -99,7 +99,7 @@ def open_parent(cfg: DictConfig, parent: RunDir) -> str | None:
         if _uses_mlflow(cfg):
             client = _client(cfg)
             exp_id = mlflow_client.experiment_id(client, cfg.experiment_name, cfg.paths.mlflow_dir)
-            run_id = client.create_run(exp_id, run_name=cfg.run_name, tags={"podium.cv": "parent"}).info.run_id
+            run_id = mlflow_client.start_run(client, exp_id, cfg.run_name, parent.path, tags={"podium.cv": "parent"})
             mlflow_client.log_params(client, run_id, mlflow_client.flatten(OmegaConf.to_container(cfg, resolve=True)))
         write_text_atomic(parent.config_file, OmegaConf.to_yaml(cfg, resolve=True))
         parent.write_manifest({**build_manifest(cfg, sys.argv, None, run_id), "folds": int(cfg.data.n_folds)})

@@ -82,6 +82,32 @@ def experiment_id(mlf: Any, name: str, store_dir: str | Path) -> str:
     return mlf.get_experiment_by_name(name).experiment_id
 
 
+RUN_DIR_TAG = "podium.run_dir"
+
+
+def start_run(
+    mlf: Any, experiment: str, run_name: str, run_dir: str | Path, tags: Mapping[str, str] | None = None
+) -> str:
+    """Create a RUNNING run tagged with its run directory and close the orphans it supersedes."""
+    run_id = mlf.create_run(experiment, run_name=run_name, tags={**(tags or {}), RUN_DIR_TAG: str(run_dir)}).info.run_id
+    close_orphans(mlf, experiment, run_dir, keep=run_id)
+    return run_id
+
+
+def close_orphans(mlf: Any, experiment: str, run_dir: str | Path, keep: str) -> None:
+    """Mark KILLED the RUNNING runs of ``run_dir`` other than ``keep``.
+
+    A process killed between creating its MLflow run and recording the run id in the run
+    directory's ``manifest.json`` (or a run directory reset with ``force=true`` after a kill)
+    leaves a run that would otherwise show as RUNNING forever; the fresh start that replaces it
+    closes it, tagged ``podium.superseded_by``.
+    """
+    for run in mlf.search_runs([experiment], filter_string="attributes.status = 'RUNNING'"):
+        if run.info.run_id != keep and run.data.tags.get(RUN_DIR_TAG) == str(run_dir):
+            mlf.set_tag(run.info.run_id, "podium.superseded_by", keep)
+            mlf.set_terminated(run.info.run_id, status="KILLED")
+
+
 def log_params(mlf: Any, run_id: str, params: Mapping[str, Any]) -> None:
     """Log a flat dict of params in batches of 100 (MLflow's limit)."""
     from mlflow.entities import Param

@@ -12,11 +12,17 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from src.core.mlflow_client import artifact_root, ensure_store, flatten, log_run_dir, tracking_uri
+from src.core.mlflow_client import (
+    RUN_DIR_TAG,
+    artifact_root,
+    close_orphans,
+    ensure_store,
+    flatten,
+    log_run_dir,
+    tracking_uri,
+)
 
 __all__ = ["PodiumMLFlowLogger", "artifact_root", "flatten", "tracking_uri"]
-
-RUN_DIR_TAG = "podium.run_dir"
 
 
 class PodiumMLFlowLogger(MLFlowLogger):
@@ -89,23 +95,9 @@ class PodiumMLFlowLogger(MLFlowLogger):
                 time.sleep(0.2 * (attempt + 1))
         if self._fresh and self._initialized:
             self._fresh = False
-            self._close_orphans(client)
+            if self._run_dir is not None:
+                close_orphans(client, self._experiment_id, self._run_dir, keep=self._run_id)
         return client
-
-    def _close_orphans(self, client: Any) -> None:
-        """Mark KILLED the RUNNING runs of this run directory that a fresh start supersedes.
-
-        A process killed between creating its MLflow run and recording the run id in
-        ``manifest.json`` (or one whose run directory was reset with ``force=true``) leaves a run
-        that would otherwise show as RUNNING forever.
-        """
-        if self._run_dir is None:
-            return
-        runs = client.search_runs([self._experiment_id], filter_string="attributes.status = 'RUNNING'")
-        for run in runs:
-            if run.info.run_id != self._run_id and run.data.tags.get(RUN_DIR_TAG) == self._run_dir:
-                client.set_tag(run.info.run_id, "podium.superseded_by", self._run_id)
-                client.set_terminated(run.info.run_id, status="KILLED")
 
     @override
     @rank_zero_only

@@ -125,7 +125,6 @@ def _start_records(
     run.write_manifest(manifest)
     if mlf is not None:
         mlf.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        mlf.set_tag("podium.run_dir", str(run.path))
 
 
 @rank_zero_only

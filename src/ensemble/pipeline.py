@@ -417,7 +417,7 @@ def _mlflow_start(cfg: DictConfig, run: RunDir) -> str | None:
         return None
     client = mlflow_client.client(cfg.paths.mlflow_dir)
     exp_id = mlflow_client.experiment_id(client, cfg.experiment_name, cfg.paths.mlflow_dir)
-    run_id = client.create_run(exp_id, run_name=cfg.run_name, tags={"podium.run_dir": str(run.path)}).info.run_id
+    run_id = mlflow_client.start_run(client, exp_id, cfg.run_name, run.path)
     mlflow_client.log_params(client, run_id, mlflow_client.flatten(OmegaConf.to_container(cfg, resolve=True)))
     return run_id
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
+from src.core import mlflow_client
 from src.core.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from src.core.errors import RunStateError
 from src.core.io import atomic_path, sweep_temp_files, write_json_atomic, write_text_atomic
@@ -144,6 +145,19 @@ def test_kill_before_the_run_id_is_recorded_leaves_no_run_marked_running(digits_
     assert len(runs) == 2 and status[run_id(run_dir)] == "FINISHED", status
     (orphan,) = [r for r in runs if r.info.run_id != run_id(run_dir)]
     assert orphan.info.status == "KILLED" and orphan.data.tags["podium.superseded_by"] == run_id(run_dir)
+
+
+def test_a_new_run_of_a_run_directory_closes_the_one_a_kill_left_running(tmp_path: Path) -> None:
+    # The path cv.py's parent run and ensemble.py take (train.py's logger is tested end to end above).
+    c = mlflow_client.client(tmp_path / "mlruns")
+    exp = mlflow_client.experiment_id(c, "orphans", tmp_path / "mlruns")
+    orphan = mlflow_client.start_run(c, exp, "cv", tmp_path / "outputs" / "cv")
+    other = mlflow_client.start_run(c, exp, "cv", tmp_path / "outputs" / "other")
+    fresh = mlflow_client.start_run(c, exp, "cv", tmp_path / "outputs" / "cv", tags={"podium.cv": "parent"})
+    assert c.get_run(orphan).info.status == "KILLED"
+    assert c.get_run(orphan).data.tags["podium.superseded_by"] == fresh
+    assert c.get_run(other).info.status == c.get_run(fresh).info.status == "RUNNING"
+    assert c.get_run(fresh).data.tags["podium.cv"] == "parent"
 
 
 @pytest.mark.slow
