@@ -22,12 +22,13 @@ from src.core.checkpoint_io import load_checkpoint_file
 from src.core.rundir import RunDir, RunState
 from src.datamodules.base import ResumableLoader
 from tests.conftest import TRAIN_PY, read_metrics
+from tests.core.test_faults import assert_each_step_once, history, run_id
 from tests.core.test_training import SHORT, wait_for
 
 JOB_ID = "4242"
 #: trainer=slurm as configured (SLURMEnvironment with auto_requeue on SIGUSR1), on this CPU.
 SLURM_TRAINER = ["trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.deterministic=true"]
-ARGS = [*SHORT, *SLURM_TRAINER, "logger=csv"]  # 3 epochs x 8 steps
+ARGS = [*SHORT, *SLURM_TRAINER]  # 3 epochs x 8 steps, MLflow logger
 STEPS_PER_EPOCH = 8
 #: What `scontrol requeue` does to a running job: SIGTERM now, the same batch script again later.
 FAKE_SCONTROL = '#!/bin/sh\necho "$@" >> "$SCONTROL_ARGV"\nkill -TERM $PPID\n'
@@ -90,6 +91,9 @@ def test_requeue_signal_saves_hpc_checkpoint_and_rerun_resumes_exactly(root: Pat
     assert run.state() is RunState.RESUMABLE and run.resume_checkpoint() == run.path / "hpc_ckpt_1.ckpt"
     saved = load_checkpoint_file(run.path / "hpc_ckpt_1.ckpt", mmap=True)
     assert saved["epoch"] == 1 and STEPS_PER_EPOCH < saved["global_step"] < 2 * STEPS_PER_EPOCH  # mid-epoch 1
+    # The interrupted epoch's running aggregates travel in the mid-epoch checkpoint only.
+    assert saved["podium_partial_epoch"]["batches_done"] == saved["global_step"] - STEPS_PER_EPOCH
+    assert "podium_partial_epoch" not in load_checkpoint_file(run.last_ckpt, mmap=True)
 
     again = train(args, env)  # what SLURM runs when the requeued job starts again
     assert f"Restoring states from the checkpoint path at {run.path / 'hpc_ckpt_1.ckpt'}" in again.stderr
@@ -97,6 +101,13 @@ def test_requeue_signal_saves_hpc_checkpoint_and_rerun_resumes_exactly(root: Pat
     assert resume["checkpoint"] == "hpc_ckpt_1.ckpt" and resume["global_step"] == saved["global_step"]
     assert read_metrics(run.path) == expected
     assert (root / "scontrol.argv").read_text().split() == ["requeue", JOB_ID]  # requeued once
+    # One MLflow run, every metric at the same steps with the same values as the uninterrupted run.
+    requeued, straight = (
+        history(root, run_id(run.path)),
+        history(root, run_id(root / "outputs" / "digits" / "uninterrupted")),
+    )
+    assert_each_step_once(requeued)
+    assert requeued == straight
 
 
 def test_resume_checkpoint_is_the_newest_resume_point(tmp_path: Path) -> None:
