@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
@@ -69,8 +70,8 @@ class PartialEpochState(pl.Callback):
     @staticmethod
     def _mid_epoch(trainer: pl.Trainer) -> int | None:
         """Batches of the current epoch already trained, if the epoch has more to come."""
-        if not trainer.training or trainer.sanity_checking:
-            return None
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return None  # (a validation inside an epoch still counts: the epoch goes on after it)
         done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         total = trainer.num_training_batches
         return done if 0 < done < total else None
