@@ -67,7 +67,12 @@ def test_cache_hits_and_recovers_from_corruption(dm, cache: Path) -> None:
         fh.truncate(100)
     assert RoundTripCache(cache).load(dm.source_fingerprint(), CODEC) is None
     fixed = RoundTripCache(cache).get_or_encode(dm.source(), dm.source_fingerprint(), CODEC)
-    assert fixed.file_bytes == enc.file_bytes and not list(enc.path.parent.glob("*.tmp"))
+    assert fixed.path == enc.path and fixed.file_bytes == fixed.path.stat().st_size
+    assert RoundTripCache(cache).load(dm.source_fingerprint(), CODEC) == fixed  # whole again: checksum passes
+    assert not list(enc.path.parent.glob("*.tmp"))
+    # The same settings again; x264's frame-threaded encode was seen to differ by a few bytes
+    # between processes (19,556 vs 19,587), so the size is compared, not the bytes.
+    assert fixed.file_bytes == pytest.approx(enc.file_bytes, rel=0.01)
 
 
 def test_downscale_upscale_and_yuv(cache: Path) -> None:
