@@ -37,6 +37,10 @@ def _level_name(level: float) -> str:
     return f"{round(100 * level):d}"
 
 
+#: What the sigma calibrators read from each validation batch.
+CALIBRATION_KEYS = ("mu", "sigma_raw", "target", "planet_id")
+
+
 class ValidationBuffer:
     """Validation predictions of one epoch on this process (cleared at each epoch start).
 
@@ -44,7 +48,7 @@ class ValidationBuffer:
         keys: The output entries to keep; outputs lacking one of them are ignored.
     """
 
-    def __init__(self, keys: Sequence[str] = ("mu", "sigma_raw", "target", "planet_id")) -> None:
+    def __init__(self, keys: Sequence[str] = CALIBRATION_KEYS) -> None:
         self.keys = tuple(keys)
         self.parts: dict[str, list[Tensor]] = {}
 
@@ -99,7 +103,7 @@ class ValidationCollector(Callback):
         keys: The validation output entries :meth:`refit` reads from ``self.buffer``.
     """
 
-    def __init__(self, keys: Sequence[str] = ("mu", "sigma_raw", "target", "planet_id")) -> None:
+    def __init__(self, keys: Sequence[str] = CALIBRATION_KEYS) -> None:
         self.buffer = ValidationBuffer(keys)
 
     @override

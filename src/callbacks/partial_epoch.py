@@ -15,8 +15,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
@@ -27,15 +29,8 @@ KEY = "podium_partial_epoch"
 
 
 def _cpu(state: Any) -> Any:
-    if isinstance(state, Tensor):
-        return state.detach().cpu().clone()
-    return [_cpu(s) for s in state]
-
-
-def _to(state: Any, device: torch.device) -> Any:
-    if isinstance(state, Tensor):
-        return state.to(device)
-    return [_to(s, device) for s in state]
+    """A detached CPU copy of a metric state (a tensor, or a list of them for ``cat`` states)."""
+    return apply_to_collection(state, Tensor, lambda t: t.detach().cpu().clone())
 
 
 def _module_metrics(pl_module: pl.LightningModule) -> dict[str, Metric]:
@@ -65,7 +60,8 @@ class PartialEpochState(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._restore: dict[str, Any] | None = None
+        self._restore: dict[str, Any] | None = None  # loaded, not yet applied
+        self._pending_logged: dict[str, Any] | None = None  # to add once the first batch has logged
 
     @staticmethod
     def _mid_epoch(trainer: pl.Trainer) -> int | None:
@@ -117,32 +113,29 @@ class PartialEpochState(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._restore is None:
-            return
-        if not _resumes_at(trainer, self._restore, batch_idx):
-            self._restore = None  # resumed elsewhere (a later epoch): the saved sums are not this epoch's
-            return
+        restore, self._restore = self._restore, None
+        if restore is None or not _resumes_at(trainer, restore, batch_idx):
+            return  # nothing saved, or resumed elsewhere (a later epoch): the sums are not this epoch's
         metrics = _module_metrics(pl_module)
-        for name, saved in self._restore["share"]["metrics"].items():
+        for name, saved in restore["share"]["metrics"].items():
             metric = metrics.get(name)
             if metric is None:
                 continue
             for attr, value in saved["state"].items():
-                setattr(metric, attr, _to(value, metric.device))
+                setattr(metric, attr, move_data_to_device(value, metric.device))
             metric._update_count = saved["updates"]
             metric._computed = None
+        self._pending_logged = restore["share"]["logged"]
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._restore is None:
-            return
-        restore, self._restore = self._restore, None
-        if not _resumes_at(trainer, restore, batch_idx):
+        pending, self._pending_logged = self._pending_logged, None
+        if pending is None:
             return
         logged = _logged(trainer)
-        for key, saved in restore["share"]["logged"].items():
+        for key, saved in pending.items():
             rm = logged.get(key)
             if rm is None:
                 continue

@@ -5,6 +5,7 @@ The store lives at ``<root>/mlruns``: a SQLite database plus an ``artifacts/`` f
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -136,15 +137,14 @@ def log_metrics(mlf: Any, run_id: str, metrics: Mapping[str, float], step: int =
 def log_run_dir(mlf: Any, run_id: str, run_dir: str | Path, skip: Iterable[str] = ()) -> None:
     """Upload a run directory's files as artifacts, keeping their relative folders.
 
-    Hidden files and folders are left out, and so are top-level folders named in ``skip``. Skipping
-    ``checkpoints`` also skips top-level ``*.ckpt`` files: Lightning's SLURM requeue checkpoints
-    (``hpc_ckpt_<n>.ckpt``) are written beside ``config.yaml`` rather than into ``checkpoints/``.
+    Hidden files and folders are left out, and so are top-level files and folders whose name
+    matches a pattern in ``skip`` (names or globs: ``checkpoints``, ``hpc_ckpt_*.ckpt``).
     """
-    run_dir, skip = Path(run_dir), set(skip)
+    run_dir, skip = Path(run_dir), list(skip)
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts) or rel.parts[0] in skip:
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
-        if "checkpoints" in skip and len(rel.parts) == 1 and path.suffix == ".ckpt":
+        if any(fnmatch.fnmatchcase(rel.parts[0], pattern) for pattern in skip):
             continue
         mlf.log_artifact(run_id, str(path), artifact_path=str(rel.parent) if str(rel.parent) != "." else None)

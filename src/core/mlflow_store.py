@@ -68,7 +68,7 @@ class PodiumMLFlowLogger(MLFlowLogger):
         self._run_dir = str(Path(manifest_path).parent) if manifest_path else None
         if self._run_dir is not None:
             tags.setdefault(RUN_DIR_TAG, self._run_dir)
-        self._fresh = run_id is None
+        self._fresh = run_id is None and self._run_dir is not None  # a new run: close what it supersedes
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
@@ -95,8 +95,7 @@ class PodiumMLFlowLogger(MLFlowLogger):
                 time.sleep(0.2 * (attempt + 1))
         if self._fresh and self._initialized:
             self._fresh = False
-            if self._run_dir is not None:
-                close_orphans(client, self._experiment_id, self._run_dir, keep=self._run_id)
+            close_orphans(client, self._experiment_id, self._run_dir, keep=self._run_id)
         return client
 
     @override
@@ -136,8 +135,11 @@ class PodiumMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_run_dir(self, run_dir: str | Path) -> None:
-        """Upload the run directory's files as artifacts (checkpoints only if configured)."""
-        skip = {"csv"} | (set() if self.log_checkpoints else {"checkpoints"})
+        """Upload the run directory's files as artifacts (checkpoints only if configured).
+
+        Lightning writes its SLURM requeue checkpoints beside ``config.yaml``, not in ``checkpoints/``.
+        """
+        skip = {"csv"} | (set() if self.log_checkpoints else {"checkpoints", "hpc_ckpt_*.ckpt"})
         log_run_dir(self.experiment, self.run_id, run_dir, skip=skip)
 
     @rank_zero_only

@@ -42,15 +42,23 @@ def trainer_plugins(trainer_cfg: DictConfig) -> list[Any]:
     return plugins
 
 
+def _same_config(run: RunDir, cfg: DictConfig, manifest: dict[str, Any], finished: bool) -> None:
+    """Refuse a run directory whose manifest records a different config than ``cfg``'s."""
+    old, now = manifest.get("config_hash"), config_hash(cfg)
+    if old is None or old == now:
+        return
+    if finished:  # reporting those results would hand a sweep (or a reader) numbers of another config
+        state, why, fix = "a finished", "its results do not answer this command", "train this config there instead"
+    else:
+        state, why, fix = "an unfinished", "resuming it would mix two experiments", "start this run over"
+    raise RunStateError(
+        f"{run.path} holds {state} run of a different config (hash {old}, now {now}); {why}",
+        f"pass force=true to {fix}, or run_name=<new name> to keep both",
+    )
+
+
 def _finished(run: RunDir, cfg: DictConfig) -> float | None:
-    old = run.manifest().get("config_hash")
-    if old is not None and old != config_hash(cfg):
-        # Reporting these results would hand a sweep (or a reader) numbers of another config.
-        raise RunStateError(
-            f"{run.path} holds a finished run of a different config (hash {old}, now "
-            f"{config_hash(cfg)}); its results do not answer this command",
-            "pass force=true to train this config there instead, or run_name=<new name> to keep both",
-        )
+    _same_config(run, cfg, run.manifest(), finished=True)
     metrics = run.metrics()
     shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
     rank_zero_only(print)(
@@ -68,13 +76,7 @@ def _objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 def _check_resumable(run: RunDir, cfg: DictConfig) -> dict[str, Any]:
     manifest = run.manifest()
-    old = manifest.get("config_hash")
-    if old is not None and old != config_hash(cfg):
-        raise RunStateError(
-            f"{run.path} holds an unfinished run of a different config (hash {old}, now "
-            f"{config_hash(cfg)}); resuming it would mix two experiments",
-            "pass force=true to start this run over, or run_name=<new name> to keep both",
-        )
+    _same_config(run, cfg, manifest, finished=False)
     return manifest
 
 
@@ -103,11 +105,12 @@ def _start_records(
     manifest: dict[str, Any],
     fingerprint: str | None,
     mlf: PodiumMLFlowLogger | None,
+    resume: Path | None,
 ) -> None:
-    """Write config.yaml and manifest.json, creating (or reopening) the MLflow run."""
+    """Write config.yaml and manifest.json (a resume from ``resume`` recorded in it), creating (or
+    reopening) the MLflow run."""
     write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
     run_id = mlf.run_id if mlf is not None else None
-    resume = run.resume_checkpoint()
     if resume is not None and manifest:
         ckpt = load_checkpoint_file(resume, mmap=True)
         manifest.setdefault("resumes", []).append(
@@ -182,9 +185,9 @@ def train(cfg: DictConfig) -> float | None:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg.trainer)
     )
     mlf = _mlflow(loggers)
-    _start_records(run, cfg, manifest, fingerprint, mlf)
     # The newest of last.ckpt and Lightning's SLURM requeue checkpoints (RunDir.resume_checkpoint).
     resume_from = run.resume_checkpoint() if state is RunState.RESUMABLE else None
+    _start_records(run, cfg, manifest, fingerprint, mlf, resume_from)
     if resume_from is not None:
         rank_zero_only(log.info)(f"resuming {run.path} from {resume_from}")
     # The run's own checkpoints hold its hyper-parameters (partial optimizers), so they are
