@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 import src.core  # noqa: F401  (registers the config resolvers)
 from src.core.cli import run_entry
-from src.modules.ariel_predict import predict
+from src.modules.ariel.predict_legacy import predict
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")

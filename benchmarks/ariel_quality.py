@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import src.core  # noqa: E402,F401  (resolvers)
-from src.callbacks.ariel_outputs import depth_columns  # noqa: E402
+from src.callbacks.ariel.outputs import depth_columns  # noqa: E402
 from src.core.training import train  # noqa: E402
 from src.datamodules.ariel.simulate import simulate_dataset  # noqa: E402
 from src.metrics.ariel import central_z, score_2024, score_2025  # noqa: E402

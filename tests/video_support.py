@@ -12,12 +12,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from src.callbacks.reproducibility import EpochSeed
+from src.callbacks.seeding import EpochSeed
 from src.callbacks.threads import CPUThreads
 from src.datamodules.video.codec import CodecSettings
 from src.datamodules.video.datamodule import VideoPairDataModule
-from src.modules.networks.postfilter import PostFilterCNN
-from src.modules.postfilter import PostFilterModule
+from src.modules.postfilter.module import PostFilterModule
+from src.modules.postfilter.network import PostFilterCNN
 
 #: carphone through x264 at CRF 32: ~29.5 dB decoded PSNR on the test block.
 CODEC = CodecSettings(name="libx264", crf=32, preset="medium")

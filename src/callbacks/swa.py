@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from typing_extensions import override
 
+from src.core.contracts import SelfEvaluating
+
 
 class SelectiveSWA(StochasticWeightAveraging):
     """Lightning's ``StochasticWeightAveraging``, then a choice: SWA or the raw final weights.
@@ -25,6 +27,8 @@ class SelectiveSWA(StochasticWeightAveraging):
         mode: ``min`` or ``max``.
         **kwargs: ``StochasticWeightAveraging`` arguments (``swa_lrs``, ``swa_epoch_start``, ...).
     """
+
+    module_hooks = (SelfEvaluating,)
 
     def __init__(self, metric: str = "loss", mode: str = "min", **kwargs: Any) -> None:
         super().__init__(**kwargs)

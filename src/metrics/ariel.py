@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 
+import lightning.pytorch as pl
 import torch
-from torch import Tensor
-from torchmetrics import Metric
+from torch import Tensor, nn
+from torchmetrics import Metric, SumMetric
 
 from src.core.errors import ConfigError
 
@@ -304,3 +305,53 @@ class ZScoreMoments(Metric):
         mean = self.sum_z / self.count
         var = (self.sum_z2 / self.count - mean**2).clamp(min=0.0)
         return torch.stack([mean, var.sqrt()])
+
+
+def gaussian_nll(t: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    """Mean Gaussian negative log-likelihood without the constant: ``ln sigma + (t - mu)^2 / 2 sigma^2``."""
+    return (torch.log(sigma) + 0.5 * ((t - mu) / sigma) ** 2).mean()
+
+
+class ArielMetrics(nn.Module):
+    """The validation metrics of one split, updated together from (mu, sigma, y)."""
+
+    #: Single-valued metrics, logged as ``<split>/<name>``.
+    SCALARS = ("score2024", "score2025", "gll", "mae_ppm", "cov68", "cov95")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score2024, self.score2025 = ArielScore2024(), ArielScore2025()
+        self.gll, self.mae_ppm = MeanGLL(), MAEppm()
+        self.cov68, self.cov95 = IntervalCoverage(0.68), IntervalCoverage(0.95)
+        self.z = ZScoreMoments()
+        # Planets seen, summed over processes: proves a DDP run validates every planet once.
+        self.samples = SumMetric()
+
+    def set_naive(self, mean: float, sigma: float) -> None:
+        self.score2024.set_naive(mean, sigma)
+        self.score2025.set_naive(mean, sigma)
+
+    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        for name in ("score2024", "score2025", "gll", "cov68", "cov95", "z"):
+            getattr(self, name).update(mu, sigma, y)
+        self.mae_ppm.update(mu, y)
+        self.samples.update(torch.tensor(float(len(y)), dtype=torch.float64, device=y.device))
+
+    def reset(self) -> None:
+        for metric in self.children():
+            metric.reset()
+
+    def log_to(self, module: pl.LightningModule, prefix: str, batch_size: int) -> None:
+        """Log the metric objects (Lightning computes and resets them at epoch end)."""
+        for name in self.SCALARS:
+            module.log(f"{prefix}/{name}", getattr(self, name), on_epoch=True, batch_size=batch_size)
+        module.log(f"{prefix}/samples", self.samples, on_epoch=True, batch_size=batch_size)
+
+    def log_z(self, module: pl.LightningModule, prefix: str) -> None:
+        """Log z mean/std (a two-valued metric, computed and reset by hand at epoch end)."""
+        if int(self.z.update_count) == 0:
+            return
+        mean, std = self.z.compute()
+        module.log(f"{prefix}/z_mean", mean.float(), sync_dist=True)  # equal on every process (synced)
+        module.log(f"{prefix}/z_std", std.float(), sync_dist=True)
+        self.z.reset()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -33,17 +32,3 @@ def warmup_cosine(
         return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
-
-
-def step_scheduled_optimizers(module: Any) -> Any:
-    """``configure_optimizers`` for modules with ``optimizer``/``scheduler`` partials in hparams.
-
-    The optimizer partial gets the parameters; the optional scheduler partial gets the optimizer
-    and the run's total optimizer steps, and is stepped every step.
-    """
-    optimizer = module.hparams.optimizer(params=module.parameters())
-    if module.hparams.scheduler is None:
-        return optimizer
-    total = module.trainer.estimated_stepping_batches
-    scheduler = module.hparams.scheduler(optimizer=optimizer, total_steps=total)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.callbacks.ariel_calibration import ConformalCalibration, TemperatureScaling, conformal_quantile
-from src.callbacks.ariel_outputs import submission_frame
-from src.callbacks.ariel_physics import PhysicsConstraints, high_frequency_power, violation_maps
+from src.callbacks.ariel.calibration import ConformalCalibration, TemperatureScaling, conformal_quantile
+from src.callbacks.ariel.outputs import submission_frame
+from src.callbacks.ariel.physics import PhysicsConstraints, high_frequency_power, violation_maps
 from src.core.errors import ConfigError
-from src.modules.networks.ariel_parts import ArielOutput
+from src.modules.ariel.parts import ArielOutput
 
 
 def test_temperature_scale_is_the_closed_form_rms_of_z() -> None:

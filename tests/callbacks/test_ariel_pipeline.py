@@ -24,7 +24,7 @@ from PIL import Image
 from src.core.training import train
 from src.datamodules.ariel.forward import SimConfig
 from src.datamodules.ariel.simulate import simulate_dataset
-from src.modules.ariel_predict import predict
+from src.modules.ariel.predict_legacy import predict
 from tests.conftest import compose_cfg, read_metrics
 
 #: 6 labelled + 1 test planet, 24 time bins per instrument: every code path in seconds.

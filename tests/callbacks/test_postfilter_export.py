@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.callbacks.postfilter_export import PostFilterExport, quantized_filter
-from src.callbacks.qat import QuantizationAwareTraining
-from src.callbacks.rd_report import RateDistortionReport
+from src.callbacks.postfilter.export import PostFilterExport, quantized_filter
+from src.callbacks.postfilter.qat import QuantizationAwareTraining
+from src.callbacks.postfilter.rd_report import RateDistortionReport
 from src.core.errors import ConfigError
-from src.deploy.inflate import inflate, run_filter
 from src.metrics.video import ScoreFormula
+from src.modules.postfilter.artifact import inflate, run_filter
 from tests.video_support import one_thread, toy_datamodule, toy_module, toy_trainer  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

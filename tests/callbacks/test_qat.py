@@ -9,10 +9,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
-from src.callbacks.qat import QuantizationAwareTraining
+from src.callbacks.postfilter.qat import QuantizationAwareTraining
 from src.core.errors import ConfigError
-from src.modules.networks.postfilter_quant import quantization_state
-from src.modules.postfilter import PostFilterModule
+from src.modules.postfilter.module import PostFilterModule
+from src.modules.postfilter.quant import quantization_state
 from tests.video_support import one_thread, toy_datamodule, toy_module, toy_trainer  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,9 +23,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks.ariel_calibration import TemperatureScaling
+from src.callbacks.ariel.calibration import TemperatureScaling
 from src.core.config import check_override_types
-from src.modules.ariel import ArielMetrics
+from src.modules.ariel.module import ArielMetrics
 from tests.conftest import CONFIG_DIR, TINY_MODEL, compose_cfg
 
 Names = Callable[[DictConfig], set[str]]

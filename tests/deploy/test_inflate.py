@@ -14,10 +14,17 @@ import torch
 from src.core.errors import DataError
 from src.core.resolvers import PROJECT_ROOT
 from src.datamodules.video.codec import to_rgb
-from src.deploy.artifact import PostFilterArtifact, read_artifact, unpack, write_artifact
-from src.deploy.inflate import filter_frames, inflate, main
-from src.modules.networks.postfilter import PostFilterCNN
-from src.modules.networks.postfilter_quant import PostFilterQuantizer, convert, int8_layers, prepare_qat
+from src.deploy.inflate import main
+from src.modules.postfilter.artifact import (
+    PostFilterArtifact,
+    filter_frames,
+    inflate,
+    read_artifact,
+    unpack,
+    write_artifact,
+)
+from src.modules.postfilter.network import PostFilterCNN
+from src.modules.postfilter.quant import PostFilterQuantizer, convert, int8_layers, prepare_qat
 from tests.video_support import one_thread, toy_datamodule  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from src.core.errors import ConfigError
-from src.modules.ariel import ArielRegressor
-from src.modules.networks.ariel_baselines import PolyFitNet, ResidualMLPNet
-from src.modules.networks.ariel_parts import GaussianHead, PerBinLinearPrior
-from src.modules.networks.ariel_v50 import ArielV50Net
-from src.modules.networks.spectral_gnn import SpectralGNNEncoder, TemporalConvEncoder, spectral_edges
-from src.modules.networks.ssm import MambaEncoder, mamba_ssm_available
-from src.modules.networks.transit_fit import TransitWindowFit, fill_nonfinite_bins, window_share
+from src.modules.ariel.baselines import PolyFitNet, ResidualMLPNet
+from src.modules.ariel.module import ArielRegressor
+from src.modules.ariel.parts import GaussianHead, PerBinLinearPrior
+from src.modules.ariel.spectral_gnn import SpectralGNNEncoder, TemporalConvEncoder, spectral_edges
+from src.modules.ariel.ssm import MambaEncoder, mamba_ssm_available
+from src.modules.ariel.transit_fit import TransitWindowFit, fill_nonfinite_bins, window_share
+from src.modules.ariel.v50 import ArielV50Net
 
 HOURS, T0, DURATION = 7.5, 3.95, 2.25  # on the fit's default (t0, duration) grid
 

@@ -8,8 +8,8 @@ import timm
 import torch
 
 from src.core.errors import ConfigError
-from src.modules.classifier import ImageClassifier
-from src.modules.networks.timm_backbone import create_timm_model
+from src.modules.classification.module import ImageClassifier
+from src.modules.classification.timm_backbone import create_timm_model
 from src.modules.schedulers import warmup_cosine
 
 

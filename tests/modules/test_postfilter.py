@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from src.core.errors import ConfigError
-from src.modules.losses import RestorationLoss
-from src.modules.networks.postfilter import PostFilterCNN, residual_filter
-from src.modules.networks.postfilter_quant import (
+from src.modules.postfilter.losses import RestorationLoss
+from src.modules.postfilter.network import PostFilterCNN, residual_filter
+from src.modules.postfilter.quant import (
     Int8PostFilter,
     PostFilterQuantizer,
     convert,

@@ -12,8 +12,8 @@ from torch import nn
 from src.core.errors import ConfigError
 from src.datamodules.images.datamodule import ImageDataset, SeededWeightedSampler
 from src.datamodules.images.tta import TTA_VIEWS, predict_logits
-from src.modules.classifier import ImageClassifier
-from src.modules.sam import frozen_bn_stats, sam_ascend, sam_descend
+from src.modules.classification.module import ImageClassifier
+from src.modules.classification.sam import frozen_bn_stats, sam_ascend, sam_descend
 
 
 def test_sam_update_matches_the_closed_form_on_a_quadratic() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,56 +14,17 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
-from src.callbacks.reproducibility import epoch_seed
 from src.core.errors import ConfigError, DataError
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
 from src.datamodules.images.augment import build_transform, check_profile
 from src.datamodules.images.integrity import BAD_IMAGE_POLICIES, undecodable
 from src.datamodules.images.layout import ImageTable, fingerprint, read_split
+from src.datamodules.seeding import SeededDistributedSampler, SeededWeightedSampler
 
 log = logging.getLogger("podium")
 #: Undecodable files named in an error or warning; the rest are counted.
 SHOWN_BAD_IMAGES = 5
-
-
-class SeededDistributedSampler(DistributedSampler):
-    """A DistributedSampler that hands each index its own augmentation seed.
-
-    Yields ``(index, seed)`` with ``seed = f(run seed, epoch, index)``, so a sample's augmentation
-    depends on neither the DataLoader worker that loads it, nor the number of processes, nor
-    whether the run was resumed. Lightning calls ``set_epoch`` on it every epoch.
-    """
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        for index in super().__iter__():
-            yield index, epoch_seed(self.seed, self.epoch, index)
-
-
-class SeededWeightedSampler(SeededDistributedSampler):
-    """Class-balanced sampling with replacement (``WeightedRandomSampler``'s rule), per process.
-
-    Each epoch draws ``len(dataset)`` indices with probability proportional to ``weights`` from
-    a generator seeded by (seed, epoch), then gives every process its share; each index again
-    carries its own augmentation seed.
-
-    Args:
-        dataset: The training dataset.
-        weights: One non-negative weight per sample (``1 / count[label]`` balances classes).
-        num_replicas: Number of processes.
-        rank: This process's rank.
-        seed: Run seed.
-    """
-
-    def __init__(self, dataset: Dataset, weights: Sequence[float], num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.weights = torch.as_tensor(weights, dtype=torch.double)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
-        for index in drawn[self.rank : self.total_size : self.num_replicas]:
-            yield index, epoch_seed(self.seed, self.epoch, index)
 
 
 class ImageDataset(Dataset):

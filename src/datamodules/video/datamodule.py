@@ -19,7 +19,7 @@ from typing_extensions import override
 from src.core.errors import ConfigError, DataError
 from src.core.io import STALE_TEMP_S, sweep_temp_files
 from src.datamodules.base import PodiumDataModule
-from src.datamodules.images.datamodule import SeededDistributedSampler
+from src.datamodules.seeding import SeededDistributedSampler
 from src.datamodules.video.cache import EncodedVideo, RoundTripCache, settings_hash
 from src.datamodules.video.codec import COLORS, CodecSettings, SourceVideo, decode, frames_array, read_source
 from src.datamodules.video.sources import file_sha256, resolve_source

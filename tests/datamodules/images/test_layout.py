@@ -12,7 +12,8 @@ from PIL import Image
 
 from src.core.errors import DataError
 from src.datamodules.images.augment import build_transform
-from src.datamodules.images.datamodule import ImageDataset, ImageFolderDataModule, SeededDistributedSampler
+from src.datamodules.images.datamodule import ImageDataset, ImageFolderDataModule
+from src.datamodules.seeding import SeededDistributedSampler
 
 FRUITS = [f"fruit{i:02d}" for i in range(15)]
 

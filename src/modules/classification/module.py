@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -20,12 +19,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from src.core.errors import ConfigError
-from src.modules.guard import check_policy, guard_loss, snapshot_buffers
-from src.modules.sam import frozen_bn_stats, sam_ascend, sam_descend
-from src.modules.schedulers import step_scheduled_optimizers
+from src.modules.base import PodiumModule
+from src.modules.classification.sam import frozen_bn_stats, sam_ascend, sam_descend
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(PodiumModule):
     """Cross-entropy classifier with accuracy metrics synced across processes.
 
     Args:
@@ -64,8 +62,7 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = False,
         nonfinite_loss: str = "raise",
     ) -> None:
-        super().__init__()
-        check_policy(nonfinite_loss)
+        super().__init__(nonfinite_loss=nonfinite_loss)
         self.save_hyperparameters(logger=False, ignore=["net"])
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.automatic_optimization = sam_rho <= 0
@@ -133,9 +130,9 @@ class ImageClassifier(pl.LightningModule):
         targets = labels
         if self._mixing():
             images, targets = self.mixup(images, labels)
-        saved = snapshot_buffers(self, self.hparams.nonfinite_loss)
+        saved = self.snapshot()
         loss, logits = self._train_loss(images, targets)
-        if guard_loss(self, loss, batch_idx, self.hparams.nonfinite_loss, saved) is None:
+        if self.guard(loss, batch_idx, saved) is None:
             return None
         if not self.automatic_optimization:
             self._sam_step(loss, images, targets)
@@ -209,7 +206,3 @@ class ImageClassifier(pl.LightningModule):
             total += labels.shape[0]
         self.train(was_training)
         return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
-
-    @override
-    def configure_optimizers(self) -> Any:
-        return step_scheduled_optimizers(self)

@@ -22,7 +22,7 @@ import torch
 
 from src.core.errors import DataError
 from src.core.io import atomic_path
-from src.modules.networks.postfilter_quant import Int8Conv, Int8PostFilter, QParams
+from src.modules.postfilter.quant import Int8Conv, Int8PostFilter, QParams
 
 MAGIC = b"PFQ8"
 VERSION = 1
@@ -126,3 +126,33 @@ def read_artifact(path: str | Path) -> PostFilterArtifact:
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc})", "check the file's permissions") from exc
     return unpack(blob, str(path))
+
+
+def inflate(path: str | Path) -> Int8PostFilter:
+    """The int8 filter stored in ``path`` (eval mode), rebuilt from that file alone."""
+    return read_artifact(path).filter()
+
+
+@torch.no_grad()
+def run_filter(model: torch.nn.Module, frames: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """A filter's raw output on uint8 frames (CPU).
+
+    Args:
+        model: The filter (on CPU), ``(batch, 3, H, W)`` in [0, 1] → same.
+        frames: ``(frames, 3, H, W)`` uint8, in the filter's colour space.
+        batch: Frames per forward pass.
+
+    Returns:
+        ``(frames, 3, H, W)`` float32, unclamped.
+    """
+    return torch.cat([model(chunk.float() / 255.0) for chunk in frames.split(batch)])
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float frames → uint8 (clamped, rounded): what a decoder outputs."""
+    return (frames.clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def filter_frames(model: torch.nn.Module, frames: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """Run a filter over uint8 frames and round the output back to 8 bits (``(frames, 3, H, W)``)."""
+    return to_uint8(run_filter(model, frames, batch))

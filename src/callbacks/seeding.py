@@ -19,20 +19,7 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-
-def _mix(*parts: int) -> int:
-    """A 32-bit seed mixing ``parts`` (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A 32-bit seed mixing the run seed, the epoch and the process rank."""
-    return _mix(seed, epoch, rank)
-
-
-def batch_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
-    """A 32-bit seed mixing the run seed, the epoch, the batch index in the epoch and the rank."""
-    return _mix(seed, epoch, rank, batch)
+from src.datamodules.seeding import batch_seed, epoch_seed
 
 
 def _reseed(s: int) -> None:

@@ -25,9 +25,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from src.core.contracts import GaussianPredictor
 from src.core.errors import ConfigError
 from src.core.io import atomic_path
-from src.modules.networks.ariel_parts import N_TARGETS
+from src.modules.ariel.parts import N_TARGETS
 
 
 def depth_columns(prefix: str, n: int = N_TARGETS) -> list[str]:
@@ -117,6 +118,8 @@ class ArielSubmissionWriter(Callback):
         weights: ``best`` (the monitored best checkpoint) or ``final`` (the weights fit ended with).
         batch_size: Prediction batch size.
     """
+
+    module_hooks = (GaussianPredictor,)
 
     def __init__(self, dirpath: str, weights: str = "best", batch_size: int = 16) -> None:
         if weights not in {"best", "final"}:

@@ -13,22 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torchmetrics import SumMetric
 from typing_extensions import override
 
 from src.metrics.video import FrameDistortion
-from src.modules.guard import check_policy, guard_loss, snapshot_buffers
-from src.modules.losses import RestorationLoss
-from src.modules.networks.postfilter import PostFilterCNN
-from src.modules.networks.postfilter_quant import PostFilterQuantizer, prepare_qat, set_quantization
-from src.modules.schedulers import step_scheduled_optimizers
+from src.modules.base import PodiumModule
+from src.modules.postfilter.losses import RestorationLoss
+from src.modules.postfilter.network import PostFilterCNN
+from src.modules.postfilter.quant import PostFilterQuantizer, prepare_qat, set_quantization
 
 QAT_KEY = "postfilter_qat"
 
 
-class PostFilterModule(pl.LightningModule):
+class PostFilterModule(PodiumModule):
     """Residual post-filter trained on frame pairs.
 
     Args:
@@ -47,8 +45,7 @@ class PostFilterModule(pl.LightningModule):
         loss: dict[str, Any] | None = None,
         nonfinite_loss: str = "raise",
     ) -> None:
-        super().__init__()
-        check_policy(nonfinite_loss)
+        super().__init__(nonfinite_loss=nonfinite_loss)
         self.save_hyperparameters(logger=False, ignore=["net"])
         self.net = net
         self.loss = RestorationLoss(**dict(loss or {}))
@@ -90,9 +87,9 @@ class PostFilterModule(pl.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        saved = snapshot_buffers(self, self.hparams.nonfinite_loss)
+        saved = self.snapshot()
         loss = self.loss(self(batch["decoded"]), batch["original"])
-        if guard_loss(self, loss, batch_idx, self.hparams.nonfinite_loss, saved) is None:
+        if self.guard(loss, batch_idx, saved) is None:
             return None
         n = batch["decoded"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
@@ -138,7 +135,3 @@ class PostFilterModule(pl.LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._log_distortion("test")
-
-    @override
-    def configure_optimizers(self) -> Any:
-        return step_scheduled_optimizers(self)

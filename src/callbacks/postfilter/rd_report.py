@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from typing_extensions import override
 
+from src.core.contracts import RecodableVideo
 from src.core.errors import ConfigError
 from src.core.io import atomic_path, write_json_atomic
-from src.deploy.artifact import read_artifact
-from src.deploy.inflate import filter_frames
 from src.metrics.rd import bd_rate
 from src.metrics.video import compression_rate, distortion
+from src.modules.postfilter.artifact import filter_frames, read_artifact
 
 
 def rd_points(dm: Any, model: torch.nn.Module, artifact_bytes: int, crfs: list[int], batch: int) -> pd.DataFrame:
@@ -62,6 +62,8 @@ class RateDistortionReport(pl.Callback):
         method: BD-rate interpolation, ``pchip`` or ``cubic``.
         batch: Frames per forward pass.
     """
+
+    datamodule_hooks = (RecodableVideo,)
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from src.callbacks.ariel_outputs import as_numpy, depth_columns, submission_frame, write_csv
+from src.callbacks.ariel.outputs import as_numpy, depth_columns, submission_frame, write_csv
 from src.core.errors import ConfigError, RunStateError
 from src.core.training import instantiate_group
 

@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
-from src.callbacks.ariel_calibration import ValidationCollector, gather_by_planet
+from src.callbacks.ariel.calibration import ValidationCollector, gather_by_planet
+from src.core.contracts import GaussianPredictor, LossTermHost
 from src.core.errors import ConfigError
 from src.core.io import atomic_path
-from src.modules.networks.ariel_parts import ArielOutput
+from src.modules.ariel.parts import ArielOutput
 
 
 def second_difference(spectrum: Tensor) -> Tensor:
@@ -109,6 +110,8 @@ class PhysicsConstraints(ValidationCollector):
         fft_threshold: A planet violates when the high-frequency share of its AIRS power exceeds this.
         dirpath: Folder of the CSV files (the run directory); null: no files.
     """
+
+    module_hooks = (GaussianPredictor, LossTermHost)
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from src.core.errors import ConfigError
-from src.modules.networks.ariel_parts import (
+from src.modules.ariel.parts import (
     N_TARGETS,
     ArielOutput,
     GaussianHead,
@@ -31,9 +31,9 @@ from src.modules.networks.ariel_parts import (
     Standardizer,
     stack_batches,
 )
-from src.modules.networks.spectral_gnn import SpectralGNNEncoder, TemporalConvEncoder
-from src.modules.networks.ssm import MambaEncoder
-from src.modules.networks.transit_fit import TransitFit, TransitWindowFit
+from src.modules.ariel.spectral_gnn import SpectralGNNEncoder, TemporalConvEncoder
+from src.modules.ariel.ssm import MambaEncoder
+from src.modules.ariel.transit_fit import TransitFit, TransitWindowFit
 
 #: Features of the linear prior per bin: FGS1 and AIRS white-light depths (the bin's own noisy depth
 #: reaches the head through the graph nodes instead, which keeps the prior smooth).

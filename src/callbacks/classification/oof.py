@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from src.core.contracts import ClassLabels
 from src.core.io import atomic_path, write_json_atomic
 from src.datamodules.images.tta import predict_logits, tta_views
 
@@ -45,6 +46,8 @@ class OOFPredictionWriter(pl.Callback):
             EMA weights when EMA is on); ``final`` predicts with the weights training ended with
             (after SWA's choice, for example).
     """
+
+    datamodule_hooks = (ClassLabels,)
 
     def __init__(self, dirpath: str, tta: str = "none", weights: str = "best") -> None:
         self.dirpath = Path(dirpath)

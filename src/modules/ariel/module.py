@@ -22,80 +22,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torchmetrics import SumMetric
 from typing_extensions import override
 
 from src.core.errors import ConfigError
-from src.metrics.ariel import (
-    ArielScore2024,
-    ArielScore2025,
-    IntervalCoverage,
-    MAEppm,
-    MeanGLL,
-    ZScoreMoments,
-)
-from src.modules.guard import check_policy, guard_loss, snapshot_buffers
-from src.modules.networks.ariel_parts import ArielOutput
+from src.metrics.ariel import ArielMetrics, gaussian_nll
+from src.modules.ariel.parts import ArielOutput
+from src.modules.base import PodiumModule
 
 LOSSES = ("gaussian_nll", "mse")
 LossTerm = Callable[[ArielOutput, dict[str, Tensor]], Tensor]
 
 
-def gaussian_nll(t: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-    """Mean Gaussian negative log-likelihood without the constant: ``ln sigma + (t - mu)^2 / 2 sigma^2``."""
-    return (torch.log(sigma) + 0.5 * ((t - mu) / sigma) ** 2).mean()
-
-
-class ArielMetrics(nn.Module):
-    """The validation metrics of one split, updated together from (mu, sigma, y)."""
-
-    #: Single-valued metrics, logged as ``<split>/<name>``.
-    SCALARS = ("score2024", "score2025", "gll", "mae_ppm", "cov68", "cov95")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.score2024, self.score2025 = ArielScore2024(), ArielScore2025()
-        self.gll, self.mae_ppm = MeanGLL(), MAEppm()
-        self.cov68, self.cov95 = IntervalCoverage(0.68), IntervalCoverage(0.95)
-        self.z = ZScoreMoments()
-        # Planets seen, summed over processes: proves a DDP run validates every planet once.
-        self.samples = SumMetric()
-
-    def set_naive(self, mean: float, sigma: float) -> None:
-        self.score2024.set_naive(mean, sigma)
-        self.score2025.set_naive(mean, sigma)
-
-    def update(self, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
-        for name in ("score2024", "score2025", "gll", "cov68", "cov95", "z"):
-            getattr(self, name).update(mu, sigma, y)
-        self.mae_ppm.update(mu, y)
-        self.samples.update(torch.tensor(float(len(y)), dtype=torch.float64, device=y.device))
-
-    def reset(self) -> None:
-        for metric in self.children():
-            metric.reset()
-
-    def log_to(self, module: pl.LightningModule, prefix: str, batch_size: int) -> None:
-        """Log the metric objects (Lightning computes and resets them at epoch end)."""
-        for name in self.SCALARS:
-            module.log(f"{prefix}/{name}", getattr(self, name), on_epoch=True, batch_size=batch_size)
-        module.log(f"{prefix}/samples", self.samples, on_epoch=True, batch_size=batch_size)
-
-    def log_z(self, module: pl.LightningModule, prefix: str) -> None:
-        """Log z mean/std (a two-valued metric, computed and reset by hand at epoch end)."""
-        if int(self.z.update_count) == 0:
-            return
-        mean, std = self.z.compute()
-        module.log(f"{prefix}/z_mean", mean.float(), sync_dist=True)  # equal on every process (synced)
-        module.log(f"{prefix}/z_std", std.float(), sync_dist=True)
-        self.z.reset()
-
-
-class ArielRegressor(pl.LightningModule):
+class ArielRegressor(PodiumModule):
     """Depths and sigmas of 283 spectral bins from calibrated light curves.
 
     Args:
@@ -121,8 +62,7 @@ class ArielRegressor(pl.LightningModule):
         stats_batch_size: int = 64,
         nonfinite_loss: str = "raise",
     ) -> None:
-        super().__init__()
-        check_policy(nonfinite_loss)
+        super().__init__(nonfinite_loss=nonfinite_loss)
         if loss not in LOSSES:
             raise ConfigError(f"model.loss={loss!r} is unknown", f"use one of {list(LOSSES)}")
         self.save_hyperparameters(logger=False, ignore=["net"])
@@ -206,7 +146,7 @@ class ArielRegressor(pl.LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        saved = snapshot_buffers(self, self.hparams.nonfinite_loss)
+        saved = self.snapshot()
         out = self(batch)
         n = batch["target"].shape[0]
         loss = self._loss(out, batch["target"], self._mse_phase())
@@ -214,7 +154,7 @@ class ArielRegressor(pl.LightningModule):
             value = term(out, batch)
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
             loss = loss + value
-        if guard_loss(self, loss, batch_idx, self.hparams.nonfinite_loss, saved) is None:
+        if self.guard(loss, batch_idx, saved) is None:
             return None
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss if self.trainable else None
@@ -261,15 +201,3 @@ class ArielRegressor(pl.LightningModule):
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._outputs(self(batch), batch)
-
-    @override
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params or self.hparams.optimizer is None:
-            return None
-        optimizer = self.hparams.optimizer(params=params)
-        if self.hparams.scheduler is None:
-            return optimizer
-        total = self.trainer.estimated_stepping_batches
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

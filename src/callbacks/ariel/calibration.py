@@ -27,10 +27,11 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
+from src.core.contracts import GaussianPredictor
 from src.core.errors import ConfigError
 from src.core.io import write_json_atomic
 from src.metrics.ariel import central_z
-from src.modules.ariel import ArielMetrics
+from src.modules.ariel.module import ArielMetrics
 
 
 def _level_name(level: float) -> str:
@@ -102,6 +103,8 @@ class ValidationCollector(Callback):
     Args:
         keys: The validation output entries :meth:`refit` reads from ``self.buffer``.
     """
+
+    module_hooks = (GaussianPredictor,)
 
     def __init__(self, keys: Sequence[str] = CALIBRATION_KEYS) -> None:
         self.buffer = ValidationBuffer(keys)

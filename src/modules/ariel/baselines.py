@@ -4,7 +4,7 @@
   mu only; its sigma is one constant, fitted on validation by the ``TemperatureScaling``
   callback in global mode (``configs/experiment/ariel_mlp.yaml``).
 * :class:`PolyFitNet`: the classic competition fit, per bin: polynomial baseline times a transit
-  window (:mod:`src.modules.networks.transit_fit`), sigma from the residual scatter; optionally
+  window (:mod:`src.modules.ariel.transit_fit`), sigma from the residual scatter; optionally
   a per-bin affine correction of the depths fitted in closed form on the training split. No
   trainable weights.
 """
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.modules.networks.ariel_parts import N_TARGETS, ArielOutput, PerBinLinearPrior, Standardizer, stack_batches
-from src.modules.networks.ariel_v50 import check_meta
-from src.modules.networks.transit_fit import TransitWindowFit, relative_flux
+from src.modules.ariel.parts import N_TARGETS, ArielOutput, PerBinLinearPrior, Standardizer, stack_batches
+from src.modules.ariel.transit_fit import TransitWindowFit, relative_flux
+from src.modules.ariel.v50 import check_meta
 
 
 def relative_curves(batch: dict[str, Tensor], airs_groups: int, n_time: int) -> Tensor:

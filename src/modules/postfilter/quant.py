@@ -40,7 +40,7 @@ from torchao.quantization.pt2e.quantizer import (
     Quantizer,
 )
 
-from src.modules.networks.postfilter import residual_filter
+from src.modules.postfilter.network import residual_filter
 
 CONV = torch.ops.aten.conv2d.default
 RELU = torch.ops.aten.relu.default

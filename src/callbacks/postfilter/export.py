@@ -1,7 +1,7 @@
 """After fit: the int8 post-filter artifact, checked against the quantized model, and its score.
 
 Writes into the run directory:
-    postfilter_int8.pfq      int8 weights, scales and biases, xz-compressed (``src.deploy.artifact``)
+    postfilter_int8.pfq      int8 weights, scales and biases, xz-compressed (``src.modules.postfilter.artifact``)
     postfilter_report.json   byte counts, rates, per-frame PSNR/SSIM of the decoded, float-filtered
                              and int8-filtered test frames, the score and its formula
 
@@ -22,13 +22,20 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from src.core.contracts import Quantizable
 from src.core.io import write_json_atomic
 from src.datamodules.video.codec import to_rgb
-from src.deploy.artifact import PostFilterArtifact, write_artifact
-from src.deploy.inflate import filter_frames, inflate, run_filter, to_uint8
 from src.metrics.video import ScoreFormula, compression_rate, distortion
-from src.modules.networks.postfilter import PostFilterCNN, residual_filter
-from src.modules.networks.postfilter_quant import (
+from src.modules.postfilter.artifact import (
+    PostFilterArtifact,
+    filter_frames,
+    inflate,
+    run_filter,
+    to_uint8,
+    write_artifact,
+)
+from src.modules.postfilter.network import PostFilterCNN, residual_filter
+from src.modules.postfilter.quant import (
     Int8Conv,
     PostFilterQuantizer,
     convert,
@@ -91,6 +98,8 @@ class PostFilterExport(pl.Callback):
         calibration_batches: Training batches observed for post-training quantization.
         batch: Frames per forward pass in evaluation.
     """
+
+    module_hooks = (Quantizable,)
 
     def __init__(
         self,

@@ -30,9 +30,10 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from src.callbacks.ariel_calibration import ConformalCalibration
-from src.callbacks.ariel_outputs import calibrators, collect_predictions
-from src.callbacks.ariel_physics import PhysicsConstraints, violation_maps
+from src.callbacks.ariel.calibration import ConformalCalibration
+from src.callbacks.ariel.outputs import calibrators, collect_predictions
+from src.callbacks.ariel.physics import PhysicsConstraints, violation_maps
+from src.core.contracts import GaussianPredictor
 from src.core.io import write_text_atomic
 from src.metrics.ariel import central_z, gaussian_log_likelihood, score_2024, score_2025
 
@@ -281,6 +282,8 @@ class ArielReport(Callback):
         n_spectra: Planets whose spectra are drawn.
         batch_size: Prediction batch size.
     """
+
+    module_hooks = (GaussianPredictor,)
 
     def __init__(self, dirpath: str, title: str | None = None, n_spectra: int = 6, batch_size: int = 16) -> None:
         self.dirpath = Path(dirpath)

@@ -30,8 +30,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import WeightAveraging
 from typing_extensions import override
 
+from src.core.contracts import Quantizable
 from src.core.errors import ConfigError
-from src.modules.networks.postfilter_quant import PostFilterQuantizer, quantization_state, set_quantization
+from src.modules.postfilter.quant import PostFilterQuantizer, quantization_state, set_quantization
 
 
 class QuantizationAwareTraining(pl.Callback):
@@ -44,6 +45,8 @@ class QuantizationAwareTraining(pl.Callback):
         restart_averaging: Restart weight averaging callbacks at the switch.
         averaging_constant: Moving-average constant of the observers (per training step).
     """
+
+    module_hooks = (Quantizable,)
 
     def __init__(
         self,
@@ -80,7 +83,7 @@ class QuantizationAwareTraining(pl.Callback):
         if not hasattr(pl_module, "prepare_qat"):
             raise ConfigError(
                 f"QuantizationAwareTraining needs a module with prepare_qat(), got {type(pl_module).__name__}",
-                "use it with src.modules.postfilter.PostFilterModule, or drop callbacks.qat",
+                "use it with src.modules.postfilter.module.PostFilterModule, or drop callbacks.qat",
             )
         averagers = self._averagers(trainer)
         pl_module.prepare_qat(self.quantizer)  # no-op when already prepared
