@@ -28,6 +28,10 @@ from src.core.errors import ConfigError
 class TaskDataModule(Protocol):
     """What ``train.py``/``predict.py``/``cv.py`` call on every datamodule."""
 
+    def check_settings(self) -> None:
+        """Refuse settings no loader accepts (``batch_size=-1``) before anything is written."""
+        ...
+
     def fingerprint(self) -> str:
         """A short hash of the data (files and split settings) recorded in the manifest."""
         ...

@@ -92,6 +92,23 @@ class PodiumDataModule(pl.LightningDataModule):
     val_set: Dataset | None = None
     test_set: Dataset | None = None
 
+    #: Loader settings that must be positive integers (``num_workers`` may be 0).
+    POSITIVE_SETTINGS = ("batch_size", "eval_batch_size")
+
+    def check_settings(self) -> None:
+        """Refuse loader settings no DataLoader accepts, at start-up (before a run directory exists).
+
+        Raises:
+            ConfigError: naming ``data.<key>``, its value and the fix.
+        """
+        for key in self.POSITIVE_SETTINGS:
+            value = self.hparams.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.{key}={value!r} is not a positive whole number", f"pass data.{key}=<n> with n >= 1")
+        workers = self.hparams.get("num_workers", 0)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"data.num_workers={workers!r} is not a whole number >= 0", "pass data.num_workers=0 or more")
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         raise NotImplementedError
 
