@@ -16,12 +16,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
+
+from src.core.private_api import ResultMetric, epoch_accumulators, forget_computed, set_update_count
 
 log = logging.getLogger("podium")
 
@@ -37,10 +38,10 @@ def _module_metrics(pl_module: pl.LightningModule) -> dict[str, Metric]:
     return {name: m for name, m in pl_module.named_modules() if isinstance(m, Metric) and name}
 
 
-def _logged(trainer: pl.Trainer) -> dict[str, _ResultMetric]:
+def _logged(trainer: pl.Trainer) -> dict[str, ResultMetric]:
     """The training loop's epoch accumulators of plain values (metrics objects hold their own state)."""
-    results = trainer.fit_loop.epoch_loop._results
-    return {k: v for k, v in results.items() if isinstance(v, _ResultMetric) and v.is_tensor and v.meta.on_epoch}
+    results = epoch_accumulators(trainer)
+    return {k: v for k, v in results.items() if isinstance(v, ResultMetric) and v.is_tensor and v.meta.on_epoch}
 
 
 def _resumes_at(trainer: pl.Trainer, saved: dict[str, Any], batch_idx: int) -> bool:
@@ -83,7 +84,7 @@ class PartialEpochState(pl.Callback):
                 for key, rm in _logged(trainer).items()
             },
             "metrics": {
-                name: {"state": {k: _cpu(v) for k, v in m.metric_state.items()}, "updates": m._update_count}
+                name: {"state": {k: _cpu(v) for k, v in m.metric_state.items()}, "updates": m.update_count}
                 for name, m in _module_metrics(pl_module).items()
             },
         }
@@ -123,8 +124,7 @@ class PartialEpochState(pl.Callback):
                 continue
             for attr, value in saved["state"].items():
                 setattr(metric, attr, move_data_to_device(value, metric.device))
-            metric._update_count = saved["updates"]
-            metric._computed = None
+            set_update_count(metric, saved["updates"])
         self._pending_logged = restore["share"]["logged"]
 
     @override
@@ -147,4 +147,4 @@ class PartialEpochState(pl.Callback):
                 rm.value = rm.meta.reduce_fx(rm.value, value)
             elif rm.meta.is_sum_reduction:
                 rm.value = rm.value + value
-            rm._computed = None
+            forget_computed(rm)

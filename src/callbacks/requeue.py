@@ -21,6 +21,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
+from src.core.private_api import cluster_environment
+
 log = logging.getLogger("podium")
 
 
@@ -45,9 +47,9 @@ class RequeueAtStepBoundary(Checkpoint):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning's signal connector reads the environment from the same (private) place and
-        # installs its handlers just before training starts.
-        env = trainer._accelerator_connector.cluster_environment
+        # Lightning's signal connector reads the environment from the same place and installs its
+        # handlers just before training starts.
+        env = cluster_environment(trainer)
         if not (isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None):
             return
         handler = signal.getsignal(env.requeue_signal)

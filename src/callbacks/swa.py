@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import StochasticWeightAveraging
 from typing_extensions import override
 
 from src.core.contracts import SelfEvaluating
+from src.core.private_api import swa_average_model
 
 
 class SelectiveSWA(StochasticWeightAveraging):
@@ -39,13 +40,13 @@ class SelectiveSWA(StochasticWeightAveraging):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning overwrites the raw weights with the average at the start of the extra
         # batch-norm epoch: keep a copy first.
-        if self._max_epochs != -1 and trainer.current_epoch == self.swa_end + 1:
+        if trainer.current_epoch == self.swa_end + 1:  # swa_end is inf when max_epochs=-1
             self._raw_state = copy.deepcopy(pl_module.state_dict())
         super().on_train_epoch_start(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._raw_state is None and self._average_model is not None:
+        if self._raw_state is None and swa_average_model(self) is not None:
             self._raw_state = copy.deepcopy(pl_module.state_dict())  # no batch norm: no extra epoch
         super().on_train_end(trainer, pl_module)
         if self._raw_state is None or not hasattr(pl_module, "evaluate"):

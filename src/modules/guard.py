@@ -53,7 +53,10 @@ def _restore_buffers(module: nn.Module, saved: list[Tensor] | None) -> None:
 def _all_finite(module: pl.LightningModule, loss: Tensor) -> tuple[bool, bool]:
     """(this process's loss is finite, every process's loss is finite)."""
     here = bool(torch.isfinite(loss.detach()).all())
-    trainer = module._trainer  # None when the module is driven by hand (tests, notebooks)
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # not attached: the module is driven by hand (tests, notebooks)
+        trainer = None
     everywhere = here if trainer is None else bool(trainer.strategy.reduce_boolean_decision(here, all=True))
     return here, everywhere
 

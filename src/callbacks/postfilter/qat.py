@@ -32,6 +32,7 @@ from typing_extensions import override
 
 from src.core.contracts import Quantizable
 from src.core.errors import ConfigError
+from src.core.private_api import weight_averaging_uses_buffers
 from src.modules.postfilter.quant import PostFilterQuantizer, quantization_state, set_quantization
 
 
@@ -70,7 +71,7 @@ class QuantizationAwareTraining(pl.Callback):
     def _averagers(self, trainer: pl.Trainer) -> list[WeightAveraging]:
         found = [cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging)]
         for cb in found:
-            if getattr(cb, "_use_buffers", False):
+            if weight_averaging_uses_buffers(cb):
                 raise ConfigError(
                     f"{type(cb).__name__} averages buffers, which would average the fake quantizers' "
                     "integer zero points and on/off flags",

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from src.core.private_api import BatchNormBase
+
 
 @torch.no_grad()
 def sam_ascend(
@@ -55,7 +57,7 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """Batch-norm layers normalise with the batch but leave their running statistics untouched."""
     saved = []
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BatchNormBase):
             saved.append((m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None))
             m.momentum = 0.0
     try:
