@@ -1,7 +1,7 @@
-"""Predict with a trained run's checkpoint: ``python predict.py experiment=<name> [ckpt=...]``.
+"""Predict with a trained run's checkpoint: ``python predict.py experiment=<name> [ckpt=...] [split=...]``.
 
-Writes the competition submission (``submission.csv`` in the run directory by default); see
-``configs/predict.yaml``.
+Writes ``<run dir>/predictions/<split>/`` (per-sample records, summary, resolved config and the
+task's export); see ``configs/predict.yaml`` and ``src/core/predicting.py``.
 """
 
 import hydra
@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 import src.core  # noqa: F401  (registers the config resolvers)
 from src.core.cli import run_entry
-from src.modules.ariel.predict_legacy import predict
+from src.core.predicting import predict
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")

@@ -42,11 +42,12 @@ def root(tmp_path: Path, data_dir: Path) -> Path:
     return tmp_path
 
 
-def compose_cfg(overrides: list[str], root: Path) -> DictConfig:
-    """Compose configs/train.yaml like `python train.py` would, rooted at ``root``."""
+def compose_cfg(overrides: list[str], root: Path, config_name: str = "train") -> DictConfig:
+    """Compose configs/<config_name>.yaml like `python <config_name>.py` would, rooted at ``root``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose(config_name="train", overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True)
+        overrides = [*overrides, f"paths.root_dir={root}"]
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]  # a task function sees the config without it, as under @hydra.main

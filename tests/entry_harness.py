@@ -1,4 +1,4 @@
-"""Run an entry point (``train.py``, ``cv.py``, ``ensemble.py``, ``predict.py``) in-process.
+"""Run an entry point (``train.py``, ``cv.py``, ``ensemble.py``, ``predict.py``, ``evaluate.py``) in-process.
 
 ``python train.py ...`` costs ~8 s of imports per call; calling the script's ``@hydra.main``
 function in the test process costs a config composition. :func:`run_entry_point` reproduces what
@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from src.core.resolvers import PROJECT_ROOT
 
-ENTRY_POINTS = ("train", "cv", "ensemble", "predict")
+ENTRY_POINTS = ("train", "cv", "ensemble", "predict", "evaluate")
 _MODULES: dict[str, ModuleType] = {}
 
 
@@ -139,7 +139,7 @@ def run_entry_point(
     """Run ``python <name>.py <overrides>`` in this process, rooted at ``root``.
 
     Args:
-        name: ``train``, ``cv``, ``ensemble`` or ``predict``.
+        name: ``train``, ``cv``, ``ensemble``, ``predict`` or ``evaluate``.
         overrides: The command-line arguments.
         root: The project root (``PODIUM_ROOT``): outputs/, mlruns/ and data/ live there.
         monkeypatch: Sets ``sys.argv`` and the environment for the call only.

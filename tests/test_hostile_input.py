@@ -1,10 +1,10 @@
 """Hostile input to every entry point fails fast and cleanly.
 
 One table of cases across every experiment family (digits, image_folder, ariel_*, video_postfilter)
-and entry point (train.py, cv.py, ensemble.py, predict.py): bad overrides and damaged files. Each
-rejected command must exit non-zero with a message naming the file, field or value and the fix,
-print no traceback, and leave nothing under ``<root>/outputs`` (no stray run directory, no run
-marked finished). Entry points run in-process (tests/entry_harness.py): a subprocess per case
+and entry point (train.py, cv.py, ensemble.py, predict.py, evaluate.py): bad overrides and damaged
+files. Each rejected command must exit non-zero with a message naming the file, field or value and
+the fix, print no traceback, and leave nothing under ``<root>/outputs`` (no stray run directory, no
+run marked finished). Entry points run in-process (tests/entry_harness.py): a subprocess per case
 would spend ~8 s on imports alone.
 """
 
@@ -41,7 +41,7 @@ class Case:
     """One hostile command.
 
     Attributes:
-        entry: ``train``, ``cv``, ``ensemble`` or ``predict``.
+        entry: ``train``, ``cv``, ``ensemble``, ``predict`` or ``evaluate``.
         build: Makes the bad input under the test root and returns the overrides.
         expected: Fragments the output must contain (``<root>`` stands for the test root): the
             file, field or value at fault, and the fix.
@@ -227,6 +227,44 @@ CASES: dict[str, Case] = {
         fixed(*hc.VIDEO, "data.split=[0.5,0.5,0.5]"),
         ("data.split=[0.5, 0.5, 0.5]", "data.split=[0.7,0.15,0.15]"),
     ),
+    # ---- a value refused before anything is written, for every config node (the run lifecycle) ---
+    "refused-negative-batch-size": Case(
+        "train", fixed(DIGITS, "data.batch_size=-1"), ("podium: error: data.batch_size=-1", "data.batch_size=<n>", FIX)
+    ),
+    "refused-nan-learning-rate": Case(
+        "train", fixed(DIGITS, "model.optimizer.lr=nan"), ("podium: error: model.optimizer: ", "nan", FIX)
+    ),
+    "refused-callback-without-its-hook": Case(
+        "train",
+        fixed(DIGITS, "callbacks=[default,ariel]"),
+        ("podium: error: callbacks.temperature_scaling", "GaussianPredictor", "ImageClassifier", FIX),
+    ),
+    "refused-unknown-model-name": Case(
+        "train",
+        fixed(DIGITS, "model.net.model_name=not_a_model"),
+        ("podium: error: model.net.model_name='not_a_model'", "timm.list_models", FIX),
+    ),
+    "refused-target-not-importable": Case(
+        "train",
+        fixed(DIGITS, "model.net._target_=src.modules.nope.Net"),
+        ("podium: error: model.net: cannot import _target_ 'src.modules.nope.Net'", "No module named", FIX),
+    ),
+    "refused-trainer-value": Case(
+        "train",
+        fixed(DIGITS, "trainer.precision=banana"),
+        (
+            "podium: error: trainer: ValueError: Precision 'banana' is invalid",
+            "change or drop trainer.precision=banana",
+        ),
+    ),
+    "refused-cv-negative-batch-size": Case(
+        "cv", fixed(DIGITS, "data.batch_size=-1"), ("podium: error: data.batch_size=-1", FIX)
+    ),
+    "refused-ensemble-blend-not-importable": Case(
+        "ensemble",
+        lambda ws: [f"members=[{hc.member(ws)}]", "blends=[mean]", "blend_defs.mean._target_=src.ensemble.nope.Mean"],
+        ("podium: error: blend_defs.mean: cannot import _target_ 'src.ensemble.nope.Mean'", FIX),
+    ),
     # ---- cv.py ----------------------------------------------------------------------------------
     "cv-no-experiment": Case("cv", fixed(), ("no experiment chosen", "experiment=<name>", FIX)),
     "cv-folds-out-of-range": Case(
@@ -278,8 +316,68 @@ CASES: dict[str, Case] = {
     ),
     "predict-unknown-split": Case(
         "predict",
-        fixed("experiment=ariel_mlp", "data=ariel_toy", "split=train"),
-        ("split='train' is not a split", "pass split=test"),
+        hc.digits_split("holdout"),
+        ("split='holdout' is not a split of ImageFolderDataModule (it has: val)", "pass split=<one of val>"),
+    ),
+    "predict-checkpoint-of-another-experiment": Case(
+        "predict",
+        hc.foreign_checkpoint,
+        (
+            "checkpoint <root>/ckpts/postfilter.ckpt was not trained with this command's model (ImageClassifier)",
+            "its hyper-parameters are another model's",
+            "predict with the experiment and model overrides the checkpoint was trained with",
+        ),
+    ),
+    "predict-torn-checkpoint": Case(
+        "predict",
+        hc.torn_checkpoint,
+        ("checkpoint <root>/ckpts/torn.ckpt cannot be read", "pass ckpt=<another checkpoint>"),
+    ),
+    # ---- evaluate.py ----------------------------------------------------------------------------
+    "evaluate-no-path": Case("evaluate", fixed(), ("path has no value", "pass path=<value>")),
+    "evaluate-missing-artifact": Case(
+        "evaluate",
+        lambda ws: [f"path={ws.root / 'preds' / 'gone'}"],
+        ("path=<root>/preds/gone does not exist", "point path at a predictions folder"),
+    ),
+    "evaluate-foreign-folder": Case(
+        "evaluate",
+        hc.not_a_predictions_folder,
+        ("<root>/members/cv_a holds no gt_vs_pred.jsonl: it is not a predictions folder", "python predict.py"),
+    ),
+    "evaluate-records-without-task": Case(
+        "evaluate",
+        hc.records_without_task,
+        ("the task of <root>/preds/val is unknown: it has no resolved_config.json", "task=<one of classification"),
+    ),
+    "evaluate-truncated-records-strict": Case(
+        "evaluate",
+        hc.truncated_records(strict=True),
+        ("<root>/preds/val/gt_vs_pred.jsonl:4: invalid_json (", ': {"errors":[],"gt":{"label":0}', "strict=false"),
+    ),
+    "evaluate-truncated-records-counted": Case(
+        "evaluate",
+        hc.truncated_records(strict=False, where="outputs/digits/run/predictions"),
+        ("evaluated 3 of 3 classification records", "invalid_json=1"),
+        continues=True,
+    ),
+    "evaluate-record-of-another-task": Case(
+        "evaluate",
+        hc.record_of_another_task,
+        (
+            "<root>/preds/val/gt_vs_pred.jsonl:2: record '1234' has no pred.probs (a record of another task?)",
+            "keep one task's records per file",
+        ),
+    ),
+    "evaluate-schema-version-not-int": Case(
+        "evaluate",
+        hc.schema_version("1"),
+        ('schema_version "1" is a str, not an int (supported schema versions: 1)', "write it as an integer"),
+    ),
+    "evaluate-schema-version-unsupported": Case(
+        "evaluate",
+        hc.schema_version(2),
+        ("<root>/preds/val/resolved_config.json: schema_version 2 is not supported (supported schema versions: 1)",),
     ),
 }
 

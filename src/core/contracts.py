@@ -73,6 +73,23 @@ class TaskModule(Protocol):
         """Per-sample records (``src.core.artifacts``) from ``trainer.predict`` outputs."""
         ...
 
+    def export_predictions(self, records: Sequence[dict[str, Any]], out_dir: Any, keep_frames: bool = False) -> Any:
+        """Write the competition export derived from the records; artifact name -> path."""
+        ...
+
+
+@runtime_checkable
+class PredictCalibrator(Protocol):
+    """A callback that rewrites ``predict_step`` outputs with state it fitted during training
+    (σ temperature scaling, conformal half-widths). ``predict.py`` runs every callback of the
+    experiment that has this hook as a Trainer callback: Lightning restores its state from the
+    checkpoint, and the callback applies :meth:`calibrate` to each predict batch (in
+    ``on_predict_batch_end``), before the module turns the outputs into records."""
+
+    def calibrate(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch's outputs with the calibration applied (``sigma`` rescaled, ...)."""
+        ...
+
 
 # ---- hooks that callbacks call on modules -----------------------------------------------------
 

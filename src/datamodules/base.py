@@ -13,6 +13,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
+from src.core.private_api import IndexBatchesLoader
+
+#: The splits a datamodule may serve for prediction, in this order.
+PREDICT_SPLITS = ("val", "test")
 
 
 class _AfterDone:
@@ -50,7 +54,7 @@ class _OnFirstNext:
         return {"_make": self._make, "_it": None}  # torch's iterators cannot be pickled
 
 
-class ResumableLoader(DataLoader):
+class ResumableLoader(IndexBatchesLoader):
     """A DataLoader that continues a training epoch resumed from a mid-epoch checkpoint.
 
     Lightning restores the loop's batch counter from a mid-epoch checkpoint (the one it writes when
@@ -70,10 +74,9 @@ class ResumableLoader(DataLoader):
     def __iter__(self) -> Any:
         return _OnFirstNext(super().__iter__)
 
-    @property
-    def _index_sampler(self) -> Any:
-        # torch's iterators take their batches of indices from this property.
-        base, done = super()._index_sampler, self.batches_done
+    @override
+    def index_batches(self, base: Any) -> Any:
+        done = self.batches_done
         return base if done is None else _AfterDone(base, lambda: done(self))
 
     def state_dict(self) -> dict[str, Any]:
@@ -104,10 +107,14 @@ class PodiumDataModule(pl.LightningDataModule):
         for key in self.POSITIVE_SETTINGS:
             value = self.hparams.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"data.{key}={value!r} is not a positive whole number", f"pass data.{key}=<n> with n >= 1")
+                raise ConfigError(
+                    f"data.{key}={value!r} is not a positive whole number", f"pass data.{key}=<n> with n >= 1"
+                )
         workers = self.hparams.get("num_workers", 0)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ConfigError(f"data.num_workers={workers!r} is not a whole number >= 0", "pass data.num_workers=0 or more")
+            raise ConfigError(
+                f"data.num_workers={workers!r} is not a whole number >= 0", "pass data.num_workers=0 or more"
+            )
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         raise NotImplementedError
@@ -181,6 +188,7 @@ class PodiumDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
             drop_last=drop_last,
             generator=torch.Generator().manual_seed(self.hparams.seed),
+            collate_fn=self.collate_fn(),
         )
         loader.batches_done = self._train_batches_done
         return loader
@@ -193,3 +201,68 @@ class PodiumDataModule(pl.LightningDataModule):
         if loader is not getattr(trainer, "train_dataloader", None):
             return 0
         return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    # ---- prediction (predict.py) -------------------------------------------------------------------
+
+    #: The split :meth:`predict_dataloader` serves; ``predict.py`` sets it before ``trainer.predict``.
+    predict_split: str = "test"
+
+    @property
+    def has_test(self) -> bool:
+        """Whether a test split is set up."""
+        return self.test_set is not None
+
+    def collate_fn(self) -> Callable[[list[Any]], Any] | None:
+        """How samples become a batch in every loader: None is torch's default collate."""
+        return None
+
+    def splits(self) -> tuple[str, ...]:
+        """The splits :meth:`predict_dataloader_for` serves (after ``setup``): ``val`` and ``test``
+        where present."""
+        return tuple(name for name in PREDICT_SPLITS if getattr(self, f"{name}_set", None) is not None)
+
+    def check_split(self, split: str) -> None:
+        """Refuse a split this datamodule does not serve, listing those it does.
+
+        Raises:
+            ConfigError: naming ``split``, the datamodule and its splits.
+        """
+        have = self.splits()
+        if split not in have:
+            raise ConfigError(
+                f"split={split!r} is not a split of {type(self).__name__} (it has: {', '.join(have) or 'none'})",
+                f"pass split=<one of {', '.join(have)}>" if have else "point data.root at a dataset with a val split",
+            )
+
+    def predict_dataset(self, split: str) -> Dataset:
+        """Every sample of ``split`` with evaluation transforms, in a fixed order."""
+        self.check_split(split)
+        return self._split(split)
+
+    def sample_ids(self, split: str) -> list[str]:
+        """The stable ids of ``split``'s samples in loader order (the records' ``sample_id``)."""
+        ids = getattr(self.predict_dataset(split), "sample_ids", None)
+        if ids is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement sample_ids")
+        return [str(i) for i in ids]
+
+    def predict_batch_size(self) -> int:
+        """Samples per predict batch: ``eval_batch_size`` where set, else ``batch_size``."""
+        return int(self.hparams.get("eval_batch_size") or self.hparams.batch_size)
+
+    def predict_dataloader_for(self, split: str) -> DataLoader:
+        """A loader over every sample of ``split`` once, in order, on one process (no sampler, so
+        no distributed padding repeats a sample)."""
+        workers = self.hparams.get("num_workers", 0)
+        return DataLoader(
+            self.predict_dataset(split),
+            batch_size=self.predict_batch_size(),
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=self.hparams.get("pin_memory", False),
+            collate_fn=self.collate_fn(),
+        )
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self.predict_dataloader_for(self.predict_split)

@@ -16,6 +16,9 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from src.ensemble.blends import log_probs, one_hot
+from src.metrics.classification import expected_calibration_error
+
+__all__ = ["CalibrationChain", "ClassBias", "TemperatureScaling", "expected_calibration_error", "nll"]
 
 Array = npt.NDArray[np.float64]
 
@@ -119,22 +122,3 @@ class CalibrationChain:
         for step in self.steps_:
             probs = step.predict(probs)
         return probs
-
-
-def expected_calibration_error(probs: Array, y: npt.NDArray[np.integer], n_bins: int = 15) -> float:
-    """Top-label expected calibration error (L1), via torchmetrics' ``MulticlassCalibrationError``.
-
-    Args:
-        probs: ``(n, C)`` probabilities.
-        y: ``(n,)`` class indices.
-        n_bins: Equal-width confidence bins.
-
-    Returns:
-        ECE in [0, 1]: the bin-weighted mean of |accuracy - confidence|.
-    """
-    import torch
-    from torchmetrics.classification import MulticlassCalibrationError
-
-    metric = MulticlassCalibrationError(num_classes=probs.shape[1], n_bins=n_bins, norm="l1")
-    metric.update(torch.as_tensor(np.asarray(probs), dtype=torch.float64), torch.as_tensor(np.asarray(y)))
-    return float(metric.compute())

@@ -20,12 +20,15 @@ Every state is a sum reduced with ``"sum"``, so the scores are exact under DDP.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, SumMetric
 
+from src.core.artifacts import RecordError, record_field
 from src.core.errors import ConfigError
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -355,3 +358,93 @@ class ArielMetrics(nn.Module):
         module.log(f"{prefix}/z_mean", mean.float(), sync_dist=True)  # equal on every process (synced)
         module.log(f"{prefix}/z_std", std.float(), sync_dist=True)
         self.z.reset()
+
+
+# ---- records of gt_vs_pred.jsonl (evaluate.py) --------------------------------------------------
+
+
+def _matrix(records: Sequence[dict[str, Any]], dotted: str) -> Tensor:
+    """``(planets, bins)`` float64 of one list field of every record, rows checked for width."""
+    rows = [record_field(records, i, dotted, list) for i in range(len(records))]
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            what = f"record {records[i]['sample_id']!r}: {dotted} has {len(row)} values, the first record {width}"
+            raise RecordError(i, what, "write one value per spectral bin in every record")
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _check_scorable(records: Sequence[dict[str, Any]], mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+    finite = torch.isfinite(mu).all(1) & torch.isfinite(sigma).all(1) & torch.isfinite(y).all(1)
+    bad = torch.nonzero(~finite | (sigma <= 0).any(1)).flatten().tolist()
+    if bad:
+        i = bad[0]
+        raise RecordError(
+            i,
+            f"record {records[i]['sample_id']!r}: pred.mu/pred.sigma/gt.mu hold non-finite values or a sigma <= 0",
+            "mark such a record with an error code (nonfinite_pred, nonpositive_sigma) or fix the prediction",
+        )
+
+
+def _naive(records: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
+    """The records' naive prediction (training-label mean and std); None when they carry none."""
+    if "naive" not in records[0]:
+        return None
+    pairs = [
+        (
+            float(record_field(records, i, "naive.mean", (int, float))),
+            float(record_field(records, i, "naive.sigma", (int, float))),
+        )
+        for i in range(len(records))
+    ]
+    for i, pair in enumerate(pairs):
+        if pair != pairs[0]:
+            what = f"record {records[i]['sample_id']!r}: naive {pair} differs from the first record's {pairs[0]}"
+            raise RecordError(i, what, "score records of one model (one naive prediction) at a time")
+    return pairs[0]
+
+
+def _per_planet(records: Sequence[dict[str, Any]], mu: Tensor, sigma: Tensor, y: Tensor) -> list[dict[str, Any]]:
+    """Per planet: mean GLL (nats per bin), MAE (ppm), coverage of the 68 % and 95 % intervals."""
+    figures = {
+        "gll": gaussian_log_likelihood(y, mu, sigma).mean(1),
+        "mae_ppm": 1e6 * (y - mu).abs().mean(1),
+    }
+    for level in (0.68, 0.95):
+        figures[f"cov{round(100 * level)}"] = ((y - mu).abs() <= central_z(level) * sigma).double().mean(1)
+    columns = {k: v.tolist() for k, v in figures.items()}
+    return [{"sample_id": r["sample_id"], **{k: v[i] for k, v in columns.items()}} for i, r in enumerate(records)]
+
+
+def score_records(records: Sequence[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The Ariel scores of labelled records: ``pred`` ``{"mu", "sigma"}`` against ``gt`` ``{"mu"}``.
+
+    Both competition scores need the naive prediction the model was scored against: each record's
+    ``naive`` ``{"mean", "sigma"}`` (``predict.py`` writes it). Records without one get every score
+    but ``score2024`` and ``score2025``.
+
+    Args:
+        records: Labelled Ariel records (depths and sigmas as fractions of the stellar flux).
+
+    Returns:
+        ``{"score2024", "score2025", "gll" (nats per cell), "mae_ppm", "cov68", "cov95", "z_mean",
+        "z_std", "samples"}`` and per planet ``sample_id``, ``gll``, ``mae_ppm``, ``cov68``, ``cov95``.
+
+    Raises:
+        RecordError: A record of another task, of another width, or with values no score takes.
+    """
+    mu, sigma, y = _matrix(records, "pred.mu"), _matrix(records, "pred.sigma"), _matrix(records, "gt.mu")
+    if mu.shape != y.shape or sigma.shape != y.shape:
+        what = f"pred.mu {tuple(mu.shape)}, pred.sigma {tuple(sigma.shape)} and gt.mu {tuple(y.shape)} differ in width"
+        raise RecordError(0, what, "write one value per spectral bin in each field")
+    _check_scorable(records, mu, sigma, y)
+    metrics = ArielMetrics()
+    naive = _naive(records)
+    if naive is not None:
+        metrics.set_naive(*naive)
+    metrics.update(mu, sigma, y)
+    names = [n for n in ArielMetrics.SCALARS if naive is not None or not n.startswith("score")]
+    values = {name: float(getattr(metrics, name).compute()) for name in names}
+    z_mean, z_std = metrics.z.compute()
+    values.update({"z_mean": float(z_mean), "z_std": float(z_std), "samples": float(len(records))})
+    return values, _per_planet(records, mu, sigma, y)

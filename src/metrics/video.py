@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.utilities import dim_zero_cat
 
+from src.core.artifacts import RecordError, record_field
 from src.core.errors import ConfigError, DataError
 
 
@@ -217,3 +219,43 @@ class TaskDistortion:
 
 def _pairs(frames: torch.Tensor) -> torch.Tensor:
     return torch.cat([frames[:-1], frames[1:]], dim=1)
+
+
+# ---- records of gt_vs_pred.jsonl (evaluate.py) --------------------------------------------------
+
+#: The per-frame figures of a post-filter record's ``pred``.
+RECORD_FIGURES = ("psnr", "ssim", "psnr_decoded", "ssim_decoded")
+
+
+def score_records(records: Sequence[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Mean distortion of the restored frames of post-filter records, and the gain over the decoded input.
+
+    Args:
+        records: Records whose ``pred`` holds the frame's ``psnr`` (dB), ``ssim``, ``psnr_decoded``
+            and ``ssim_decoded`` (``src.core.artifacts``).
+
+    Returns:
+        ``{"psnr", "ssim", "psnr_decoded", "ssim_decoded"}`` (means over frames), ``psnr_gain``
+        (mean PSNR minus mean decoded PSNR, dB) and ``samples``; per frame ``sample_id``, ``psnr``,
+        ``ssim``, ``psnr_gain``.
+
+    Raises:
+        RecordError: A record without those figures (a record of another task) or with a non-finite one.
+    """
+    table: dict[str, list[float]] = {k: [] for k in RECORD_FIGURES}
+    for i, record in enumerate(records):
+        for key in RECORD_FIGURES:
+            value = float(record_field(records, i, f"pred.{key}", (int, float)))
+            if not math.isfinite(value):
+                what = f"record {record['sample_id']!r}: pred.{key} is {value}"
+                raise RecordError(i, what, "mark the record with the error code nonfinite_pred, or fix it")
+            table[key].append(value)
+    metrics = {k: sum(v) / len(v) for k, v in table.items()}
+    metrics["psnr_gain"] = metrics["psnr"] - metrics["psnr_decoded"]
+    metrics["samples"] = float(len(records))
+    psnr, ssim, decoded = table["psnr"], table["ssim"], table["psnr_decoded"]
+    per_sample = [
+        {"sample_id": r["sample_id"], "psnr": psnr[i], "ssim": ssim[i], "psnr_gain": psnr[i] - decoded[i]}
+        for i, r in enumerate(records)
+    ]
+    return metrics, per_sample

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -103,3 +104,22 @@ class PodiumModule(pl.LightningModule):
             unlabelled), ``pred`` and ``errors`` (see ``src.core.artifacts``).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement predict_records")
+
+    def export_predictions(
+        self, records: Sequence[dict[str, Any]], out_dir: Path, keep_frames: bool = False
+    ) -> dict[str, Path]:
+        """Write the competition export of a split, derived from its records alone.
+
+        Called after :meth:`predict_records` and before the records are written, so an export
+        that writes one file per sample may add its path to each record (``restored_path``).
+
+        Args:
+            records: The split's records (attachments included, see ``src.core.artifacts``).
+            out_dir: The predictions folder of the split.
+            keep_frames: Also write the per-sample outputs too large for a record (restored
+                frames, masks) where the task has any.
+
+        Returns:
+            Artifact name -> written path (inside ``out_dir``). The default writes nothing.
+        """
+        return {}

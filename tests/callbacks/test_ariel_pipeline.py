@@ -1,4 +1,4 @@
-"""The Ariel experiments end to end on a tiny simulated dataset: train, artifacts, predict, report.
+"""The Ariel experiments end to end on a tiny simulated dataset: train, artifacts, predict.py, report.
 
 One V50 run (2 epochs) is shared by the tests of this module; the report it writes is rendered in
 headless Chromium. Chromium is Debian's ``chromium`` package (``make setup`` installs it); where it
@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import open_dict
 from PIL import Image
 
+from src.core.predicting import predict
 from src.core.training import train
 from src.datamodules.ariel.forward import SimConfig
 from src.datamodules.ariel.simulate import simulate_dataset
-from src.modules.ariel.predict_legacy import predict
 from tests.conftest import compose_cfg, read_metrics
 
 #: 6 labelled + 1 test planet, 24 time bins per instrument: every code path in seconds.
@@ -56,8 +55,9 @@ def tiny_ariel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return simulate_dataset(tmp_path_factory.mktemp("ariel") / "tiny", planets=6, seed=11, test_planets=1, cfg=cfg)
 
 
-def _cfg(root: Path, data: Path, experiment: str, *extra: str):
-    return compose_cfg([f"experiment={experiment}", *TINY_DATA, f"data.root={data}", *extra], root)
+def _cfg(root: Path, data: Path, experiment: str, *extra: str, config_name: str = "train"):
+    overrides = [f"experiment={experiment}", *TINY_DATA, f"data.root={data}", *extra]
+    return compose_cfg(overrides, root, config_name=config_name)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +96,23 @@ def test_checkpoint_carries_the_temperature_and_predict_reproduces_fit(v50_run: 
     for name in ("last.ckpt", Path(read_metrics(run_dir)["best/checkpoint"]).name):
         state = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)["callbacks"]
         assert len(state["TemperatureScaling"]["scale"]) == 283, name
-    cfg = _cfg(root, tiny_ariel, "ariel_v50", "trainer.max_epochs=2")
-    with open_dict(cfg):
-        # last.ckpt: the final weights, which the run's own predictions used (weights: final)
-        cfg.ckpt, cfg.output, cfg.split = "last", str(run_dir / "val_again.csv"), "val"
-    predict(cfg)
-    again = pd.read_csv(run_dir / "val_again.csv")
-    after_fit = pd.read_csv(run_dir / "predictions" / "val.csv").drop(columns="fold")
-    assert again["planet_id"].tolist() == after_fit["planet_id"].tolist()
+    # last.ckpt (the default): the final weights, which the run's own predictions used (weights: final)
+    overrides = ["trainer.max_epochs=2", f"run_name='{run_dir.name}'", "split=val"]
+    folder = predict(_cfg(root, tiny_ariel, "ariel_v50", *overrides, config_name="predict"))
+    assert folder == run_dir / "predictions" / "val"
+    records = [json.loads(line) for line in (folder / "gt_vs_pred.jsonl").read_text().splitlines()]
+    after_fit = pd.read_csv(run_dir / "predictions" / "val.csv")
+    assert [int(r["sample_id"]) for r in records] == after_fit["planet_id"].tolist()
     # Same weights and calibration; only the batch layout differs (float32 sums): within 0.1 ppm.
-    np.testing.assert_allclose(again.to_numpy()[:, 1:], after_fit.to_numpy()[:, 1:], rtol=0, atol=1e-7)
+    for field, prefix in (("mu", "wl_"), ("sigma", "sigma_")):
+        predicted = np.array([r["pred"][field] for r in records])
+        np.testing.assert_allclose(predicted, after_fit.filter(regex=f"^{prefix}").to_numpy(), rtol=0, atol=1e-7)
+    truth = np.array([r["gt"]["mu"] for r in records])
+    np.testing.assert_allclose(truth, after_fit.filter(regex="^true_").to_numpy(), rtol=0, atol=1e-9)
+    # The export is derived from the records: the competition's columns, the records' values.
+    exported = pd.read_csv(folder / "submission.csv")
+    assert list(exported.columns) == list(after_fit.columns.drop("fold"))[: 1 + 2 * 283]
+    np.testing.assert_allclose(exported.filter(regex="^wl_").to_numpy(), np.array([r["pred"]["mu"] for r in records]))
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ conformal half-widths), and writes::
     <dirpath>/submission.csv          planet_id, wl_1..wl_283, sigma_1..sigma_283   (test split)
     <dirpath>/predictions/val.csv     planet_id, fold, wl_*, sigma_*, true_* (validation fold)
 
-``predict.py`` writes the same submission from a saved checkpoint.
+``predict.py`` writes the same table from a saved checkpoint (``src.modules.ariel.submission``).
 """
 
 from __future__ import annotations
@@ -27,13 +27,7 @@ from typing_extensions import override
 
 from src.core.contracts import GaussianPredictor
 from src.core.errors import ConfigError
-from src.core.io import atomic_path
-from src.modules.ariel.parts import N_TARGETS
-
-
-def depth_columns(prefix: str, n: int = N_TARGETS) -> list[str]:
-    """``<prefix>_1 .. <prefix>_n``."""
-    return [f"{prefix}_{k}" for k in range(1, n + 1)]
+from src.modules.ariel.submission import depth_columns, submission_frame, write_csv
 
 
 def calibrators(trainer: pl.Trainer) -> list[Any]:
@@ -69,24 +63,6 @@ def collect_predictions(
             parts.setdefault(key, []).append(as_numpy(value))
     pl_module.train(was_training)
     return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def submission_frame(planet_id: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> pd.DataFrame:
-    """The competition table: ``planet_id``, ``wl_1..wl_283``, ``sigma_1..sigma_283``."""
-    if mu.shape != sigma.shape or mu.shape[1:] != (N_TARGETS,):
-        raise ValueError(f"mu {mu.shape} and sigma {sigma.shape} must both be (planets, {N_TARGETS})")
-    frame = pd.DataFrame({"planet_id": np.asarray(planet_id, dtype=np.int64)})
-    values = pd.DataFrame(
-        np.concatenate([mu, sigma], axis=1).astype(np.float64), columns=depth_columns("wl") + depth_columns("sigma")
-    )
-    return pd.concat([frame, values], axis=1)
-
-
-def write_csv(path: Path, frame: pd.DataFrame) -> Path:
-    """Write ``frame`` as CSV atomically and return the path."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return path
 
 
 def restore_best(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:

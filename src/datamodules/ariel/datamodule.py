@@ -332,3 +332,8 @@ class ArielDataModule(PodiumDataModule):
         world, rank = self._world()
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
         return self.make_loader(dataset, sampler)
+
+    def sample_ids(self, split: str) -> list[str]:
+        """Planet ids of ``split`` (``val`` or ``test``) in loader order, as strings."""
+        dataset = self.predict_dataset(split)
+        return [str(int(p)) for p in dataset.tensors["planet_id"]]

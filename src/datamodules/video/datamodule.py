@@ -25,6 +25,9 @@ from src.datamodules.video.codec import COLORS, CodecSettings, SourceVideo, deco
 from src.datamodules.video.sources import file_sha256, resolve_source
 from src.datamodules.video.split import check_shares, time_split
 
+#: Sample id of a frame in prediction records: its index in the clip.
+FRAME_ID = "frame_{:05d}"
+
 
 def _pair(decoded: torch.Tensor, original: torch.Tensor, frame: int) -> dict[str, Any]:
     return {"decoded": decoded.float() / 255.0, "original": original.float() / 255.0, "frame": frame}
@@ -223,6 +226,7 @@ class VideoPairDataModule(PodiumDataModule):
             num_workers=self.hparams.num_workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.num_workers > 0,
+            collate_fn=self.collate_fn(),
         )
 
     @override
@@ -232,3 +236,19 @@ class VideoPairDataModule(PodiumDataModule):
     @override
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+    @override
+    def splits(self) -> tuple[str, ...]:
+        """The time blocks served whole for prediction: ``val`` and ``test``."""
+        return tuple(name for name in ("val", "test") if name in self.blocks)
+
+    @override
+    def predict_dataset(self, split: str) -> Dataset:
+        self.check_split(split)
+        return self.dataset(split)
+
+    @override
+    def sample_ids(self, split: str) -> list[str]:
+        """``frame_<index in the clip>`` of the block's frames, in time order."""
+        self.check_split(split)
+        return [FRAME_ID.format(t) for t in self.blocks[split]]

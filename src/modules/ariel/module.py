@@ -19,20 +19,28 @@ physics checks, report, submission).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from src.core.artifacts import NONFINITE_PRED
 from src.core.errors import ConfigError
 from src.metrics.ariel import ArielMetrics, gaussian_nll
-from src.modules.ariel.parts import ArielOutput
+from src.modules.ariel.parts import N_TARGETS, ArielOutput
+from src.modules.ariel.submission import submission_frame, write_csv
 from src.modules.base import PodiumModule
 
 LOSSES = ("gaussian_nll", "mse")
+#: Error code of a planet with a sigma that is zero or negative (no likelihood can be scored).
+NONPOSITIVE_SIGMA = "nonpositive_sigma"
+#: The competition export of a predicted split.
+SUBMISSION_FILE = "submission.csv"
 LossTerm = Callable[[ArielOutput, dict[str, Tensor]], Tensor]
 
 
@@ -51,6 +59,8 @@ class ArielRegressor(PodiumModule):
         stats_batch_size: Batch size of the pass over the training split that fits statistics.
         nonfinite_loss: ``raise`` stops the run at a NaN/Inf training loss; ``skip`` drops that batch.
     """
+
+    task = "ariel"
 
     def __init__(
         self,
@@ -201,3 +211,41 @@ class ArielRegressor(PodiumModule):
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._outputs(self(batch), batch)
+
+    @override
+    def predict_records(self, outputs: list[dict[str, Tensor]], split: str) -> list[dict[str, Any]]:
+        """One record per planet: ``gt`` ``{"mu"}`` (the 283 true depths; null on the test split),
+        ``pred`` ``{"mu", "sigma"}`` after the predict-time calibration callbacks, and ``naive``
+        ``{"mean", "sigma"}`` (the training labels' mean and standard deviation, which both
+        competition scores are normalised by). Depths and sigmas in fractions of the stellar flux.
+        Error codes: ``nonfinite_pred``, ``nonpositive_sigma``."""
+        parts = {k: torch.cat([o[k].detach().cpu() for o in outputs]) for k in ("planet_id", "mu", "sigma")}
+        truth = torch.cat([o["target"].detach().cpu() for o in outputs]) if "target" in outputs[0] else None
+        finite = (torch.isfinite(parts["mu"]) & torch.isfinite(parts["sigma"])).all(dim=1).tolist()
+        positive = (parts["sigma"] > 0).all(dim=1).tolist()
+        naive = {"mean": float(self.naive_mean), "sigma": float(self.naive_sigma)}
+        records = []
+        for i, pid in enumerate(parts["planet_id"].tolist()):
+            errors = ([] if finite[i] else [NONFINITE_PRED]) + ([] if positive[i] else [NONPOSITIVE_SIGMA])
+            records.append(
+                {
+                    "sample_id": str(int(pid)),
+                    "split": split,
+                    "gt": None if truth is None else {"mu": truth[i].tolist()},
+                    "pred": {"mu": parts["mu"][i].tolist(), "sigma": parts["sigma"][i].tolist()},
+                    "errors": errors,
+                    "naive": naive,
+                }
+            )
+        return records
+
+    @override
+    def export_predictions(
+        self, records: Sequence[dict[str, Any]], out_dir: Path, keep_frames: bool = False
+    ) -> dict[str, Path]:
+        """``submission.csv`` in the competition's columns (``planet_id``, ``wl_*``, ``sigma_*``)."""
+        planets = np.asarray([int(r["sample_id"]) for r in records], dtype=np.int64)
+        mu = np.asarray([r["pred"]["mu"] for r in records], dtype=np.float64).reshape(len(records), N_TARGETS)
+        sigma = np.asarray([r["pred"]["sigma"] for r in records], dtype=np.float64).reshape(len(records), N_TARGETS)
+        path = write_csv(out_dir / SUBMISSION_FILE, submission_frame(planets, mu, sigma))
+        return {"submission": path}

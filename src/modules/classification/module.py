@@ -8,8 +8,10 @@ The competition recipe lives here as switches: label smoothing, class weights, m
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -18,9 +20,14 @@ from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from src.core.artifacts import NONFINITE_PRED
 from src.core.errors import ConfigError
+from src.core.io import atomic_path
 from src.modules.base import PodiumModule
 from src.modules.classification.sam import frozen_bn_stats, sam_ascend, sam_descend
+
+#: The competition export of a predicted split.
+SUBMISSION_FILE = "submission.csv"
 
 
 class ImageClassifier(PodiumModule):
@@ -45,6 +52,8 @@ class ImageClassifier(PodiumModule):
         channels_last: Run the network in channels-last memory format.
         nonfinite_loss: ``raise`` stops the run at a NaN/Inf training loss; ``skip`` drops that batch.
     """
+
+    task = "classification"
 
     def __init__(
         self,
@@ -190,7 +199,53 @@ class ImageClassifier(PodiumModule):
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"id": batch["id"], "probs": self(batch["image"]).softmax(dim=-1)}
+        return {"id": batch["id"], "probs": self(batch["image"]).softmax(dim=-1), "label": batch["label"]}
+
+    def _class_names(self) -> list[str] | None:
+        """The attached datamodule's class names (``ClassLabels``), or None."""
+        try:
+            datamodule = self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer
+            return None
+        names = getattr(datamodule, "classes", None)
+        return [str(n) for n in names] if names else None
+
+    @override
+    def predict_records(self, outputs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+        """One record per image: ``gt`` ``{"label"}`` (null when unlabelled), ``pred`` ``{"label",
+        "probs"}``; both with ``class_name`` when the datamodule names its classes."""
+        ids = [str(i) for out in outputs for i in out["id"]]
+        probs = torch.cat([out["probs"].detach().cpu() for out in outputs])
+        labels = torch.cat([torch.as_tensor(out["label"]).cpu() for out in outputs]).tolist()
+        finite = torch.isfinite(probs).all(dim=1).tolist()
+        predicted = probs.argmax(dim=1).tolist()
+        names = self._class_names()
+        records = []
+        for sample_id, row, y, y_hat, ok in zip(ids, probs.tolist(), labels, predicted, finite, strict=True):
+            pred: dict[str, Any] = {"label": y_hat, "probs": row}
+            gt: dict[str, Any] | None = None if y < 0 else {"label": int(y)}
+            if names:
+                pred["class_name"] = names[y_hat]
+                if gt is not None:
+                    gt["class_name"] = names[y]
+            errors = [] if ok else [NONFINITE_PRED]
+            records.append({"sample_id": sample_id, "split": split, "gt": gt, "pred": pred, "errors": errors})
+        return records
+
+    @override
+    def export_predictions(
+        self, records: Sequence[dict[str, Any]], out_dir: Path, keep_frames: bool = False
+    ) -> dict[str, Path]:
+        """``submission.csv``: ``sample_id,label`` (the predicted class index), plus ``class_name``
+        when the records name the classes."""
+        rows = [{"sample_id": r["sample_id"], "label": r["pred"]["label"]} for r in records]
+        for row, record in zip(rows, records, strict=True):
+            if "class_name" in record["pred"]:
+                row["class_name"] = record["pred"]["class_name"]
+        path = out_dir / SUBMISSION_FILE
+        with atomic_path(path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+        return {"submission": path}
 
     @torch.no_grad()
     def evaluate(self, loader: Any) -> dict[str, float]:

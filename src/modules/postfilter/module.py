@@ -10,20 +10,30 @@ stack is prepared, so ``load_from_checkpoint`` rebuilds the prepared graph befor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics import SumMetric
 from typing_extensions import override
 
-from src.metrics.video import FrameDistortion
+from src.core.artifacts import NONFINITE_PRED
+from src.core.io import atomic_path
+from src.datamodules.video.datamodule import FRAME_ID
+from src.metrics.video import FrameDistortion, distortion
 from src.modules.base import PodiumModule
 from src.modules.postfilter.losses import RestorationLoss
 from src.modules.postfilter.network import PostFilterCNN
-from src.modules.postfilter.quant import PostFilterQuantizer, prepare_qat, set_quantization
+from src.modules.postfilter.quant import PostFilterQuantizer, prepare_qat, quantization_state, set_quantization
 
 QAT_KEY = "postfilter_qat"
+#: Per-frame figures of a prediction record (``pred``).
+FIGURES = ("psnr", "ssim", "psnr_decoded", "ssim_decoded")
+#: Folder (inside a predictions folder) of the restored frames kept with ``keep_frames=true``.
+FRAMES_DIR = "frames"
 
 
 class PostFilterModule(PodiumModule):
@@ -36,6 +46,8 @@ class PostFilterModule(PodiumModule):
         loss: ``RestorationLoss`` arguments (``l1``, ``mse``, ``ms_ssim`` weights, ...).
         nonfinite_loss: ``raise`` stops the run at a NaN/Inf training loss; ``skip`` drops that batch.
     """
+
+    task = "postfilter"
 
     def __init__(
         self,
@@ -135,3 +147,53 @@ class PostFilterModule(PodiumModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._log_distortion("test")
+
+    @override
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if self.qat_prepared:  # the checkpoint's fake quantization, with observers frozen as in validation
+            set_quantization(self.net.body, quantization_state(self.net.body)[0], observe=False)
+        decoded, original = batch["decoded"], batch["original"]
+        restored = self(decoded).clamp(0, 1)
+        filtered, before = distortion(restored, original), distortion(decoded, original)
+        return {
+            "frame": torch.as_tensor(batch["frame"]),
+            "psnr": filtered["psnr"],
+            "ssim": filtered["ssim"],
+            "psnr_decoded": before["psnr"],
+            "ssim_decoded": before["ssim"],
+            "restored": (restored * 255.0).round().to(torch.uint8),
+        }
+
+    @override
+    def predict_records(self, outputs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+        """One record per frame: ``gt`` ``{"frame"}`` (the index of the original frame it is scored
+        against), ``pred`` the restored frame's ``psnr`` (dB) and ``ssim`` against it and the same
+        of the decoded input (``psnr_decoded``, ``ssim_decoded``). The restored frame (uint8,
+        ``(3, H, W)``) rides along as the attachment ``_restored`` for :meth:`export_predictions`."""
+        frames = torch.cat([o["frame"].cpu() for o in outputs]).tolist()
+        figures = {k: torch.cat([o[k].detach().cpu() for o in outputs]).double().tolist() for k in FIGURES}
+        restored = torch.cat([o["restored"].cpu() for o in outputs])
+        records = []
+        for i, t in enumerate(frames):
+            pred = {k: figures[k][i] for k in FIGURES}
+            errors = [] if all(math.isfinite(v) for v in pred.values()) else [NONFINITE_PRED]
+            record = {"sample_id": FRAME_ID.format(t), "split": split, "gt": {"frame": t}, "pred": pred}
+            records.append({**record, "errors": errors, "_restored": restored[i].numpy()})
+        return records
+
+    @override
+    def export_predictions(
+        self, records: Sequence[dict[str, Any]], out_dir: Path, keep_frames: bool = False
+    ) -> dict[str, Path]:
+        """With ``keep_frames``: each restored frame as ``frames/<sample_id>.npy`` (uint8,
+        ``(3, H, W)``, the datamodule's colour space), its path added to the record as
+        ``restored_path``. Nothing otherwise."""
+        if not keep_frames:
+            return {}
+        folder = out_dir / FRAMES_DIR
+        for record in records:
+            name = f"{FRAMES_DIR}/{record['sample_id']}.npy"
+            with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, record["_restored"])
+            record["restored_path"] = name
+        return {"frames": folder}
