@@ -245,3 +245,105 @@ def member_nan_probs(ws: Workspace) -> list[str]:
     frame.loc[frame.index[:3], "prob_0"] = np.nan
     frame.to_parquet(path, index=False)
     return [f"members=[{rel}]"]
+
+
+# ---- predict and evaluate ----------------------------------------------------------------------------
+
+#: The digits experiment with the tiny timm network (its checkpoints are built in a second).
+DIGITS_TINY = ["experiment=digits", "model.net.model_name=test_resnet"]
+
+
+def model_checkpoint(ws: Workspace, name: str, *overrides: str) -> Path:
+    """A Lightning checkpoint (untrained weights) of the model ``overrides`` configure, in ``<root>/ckpts``."""
+    import lightning.pytorch as pl
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from src.core.resolvers import PROJECT_ROOT
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "configs")):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(instantiate(cfg.model))
+    path = ws.folder("ckpts") / f"{name}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def digits_split(split: str) -> Callable[[Workspace], list[str]]:
+    """A recipe: a checkpoint of the tiny digits model, predicted on ``split``."""
+    return lambda ws: [*DIGITS_TINY, f"ckpt={model_checkpoint(ws, 'digits', *DIGITS_TINY)}", f"split={split}"]
+
+
+def foreign_checkpoint(ws: Workspace) -> list[str]:
+    """The post-filter's checkpoint given to the digits experiment."""
+    ckpt = model_checkpoint(ws, "postfilter", "experiment=video_postfilter")
+    return [*DIGITS_TINY, f"ckpt={ckpt}", "split=val"]
+
+
+def torn_checkpoint(ws: Workspace) -> list[str]:
+    """A checkpoint cut to a third of its bytes (a copy that died mid-way)."""
+    path = model_checkpoint(ws, "digits", *DIGITS_TINY)
+    torn = path.with_name("torn.ckpt")
+    torn.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    return [*DIGITS_TINY, f"ckpt={torn}", "split=val"]
+
+
+def classification_records(n: int = 4) -> list[dict]:
+    """``n`` labelled classification records of three classes."""
+    probs = np.eye(3)[np.arange(n) % 3] * 0.7 + 0.1
+    return [
+        {"sample_id": f"img{i}", "split": "val", "gt": {"label": i % 3}, "pred": {"label": i % 3, "probs": p},
+         "errors": []}
+        for i, p in enumerate(probs)
+    ]  # fmt: skip
+
+
+def predictions(ws: Workspace, records: list[dict], resolved: dict | None, where: str = "preds") -> Path:
+    """A predictions folder under ``<root>/<where>``: the records, and ``resolved_config.json`` when given."""
+    from src.core.artifacts import build_resolved_config, write_json, write_records
+
+    folder = ws.folder(*where.split("/"), "val")
+    write_records(folder / "gt_vs_pred.jsonl", records)
+    if resolved is not None:
+        base = build_resolved_config("classification", ["predict"], {"records": "gt_vs_pred.jsonl"}, None, None, {})
+        write_json(folder / "resolved_config.json", {**base, **resolved})
+    return folder
+
+
+def truncated_records(strict: bool, where: str = "preds") -> Callable[[Workspace], list[str]]:
+    """A recipe: a predictions folder whose last line lost its second half."""
+
+    def build(ws: Workspace) -> list[str]:
+        folder = predictions(ws, classification_records(), {}, where)
+        path = folder / "gt_vs_pred.jsonl"
+        text = path.read_text()
+        path.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+        return [f"path={folder}", f"strict={str(strict).lower()}"]
+
+    return build
+
+
+def record_of_another_task(ws: Workspace) -> list[str]:
+    """A classification folder whose second record is an Ariel planet's."""
+    planet = {"sample_id": "1234", "split": "val", "gt": {"mu": [0.01] * 283},
+              "pred": {"mu": [0.01] * 283, "sigma": [0.001] * 283}, "errors": []}  # fmt: skip
+    records = classification_records()
+    return [f"path={predictions(ws, [records[0], planet, *records[1:]], {})}"]
+
+
+def schema_version(version: object) -> Callable[[Workspace], list[str]]:
+    """A recipe: a predictions folder whose resolved_config.json has ``schema_version: version``."""
+    return lambda ws: [f"path={predictions(ws, classification_records(), {'schema_version': version})}"]
+
+
+def not_a_predictions_folder(ws: Workspace) -> list[str]:
+    """A cv.py member folder (out-of-fold parquet files) given as predictions."""
+    return [f"path={ws.root / member(ws)}"]
+
+
+def records_without_task(ws: Workspace) -> list[str]:
+    """Records another tool wrote, without resolved_config.json, and no task= given."""
+    return [f"path={predictions(ws, classification_records(), None) / 'gt_vs_pred.jsonl'}"]

@@ -1,4 +1,9 @@
-"""Entry-point plumbing: config checks, warnings, and clean errors with a non-zero exit."""
+"""Entry-point plumbing: config checks, warnings, and clean errors with a non-zero exit.
+
+The console gets ``podium: error: <message>`` (no traceback) for a PodiumError; the job's log file
+(``<run dir>/<job>.log``, see ``src.core.lifecycle``) gets the full traceback of every error, and
+Python's warnings (captured into logging while the job runs).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from src.core.config import (
     task_overrides,
 )
 from src.core.errors import PodiumError
+from src.core.lifecycle import log_to_files, podium_error
 from src.core.ranks import process_rank
 
 log = logging.getLogger("podium")
@@ -41,17 +47,6 @@ QUIET_WARNINGS = (
     ".*there is no last checkpoint available.*",
     ".*litlogger.*",
 )
-
-
-def podium_error(exc: BaseException) -> PodiumError | None:
-    """The PodiumError behind ``exc`` (Hydra wraps errors raised during instantiation)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, PodiumError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def check_config(cfg: DictConfig, config_name: str, needs_experiment: bool = True) -> None:
@@ -85,18 +80,22 @@ def run_entry(
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.captureWarnings(True)  # into the job's log (and the console), through "py.warnings"
     try:
         check_config(cfg, config_name, needs_experiment)
         if cfg.get("extras", {}).get("print_config") and process_rank() == 0:
             print_config_tree(cfg)
         return fn(cfg)
-    except (PodiumError, InstantiationException) as exc:
-        err = podium_error(exc)
+    except Exception as exc:
+        err = podium_error(exc) if isinstance(exc, PodiumError | InstantiationException) else None
+        log_to_files(f"podium: error: {err or exc}", exc)
         if err is None:
             raise
         print(f"podium: error: {err}", file=sys.stderr, flush=True)
         drop_stray_run_dir(cfg)
         sys.exit(err.exit_code)
+    finally:
+        logging.captureWarnings(False)
 
 
 def drop_stray_run_dir(cfg: DictConfig) -> None:

@@ -6,8 +6,10 @@ outputs/<experiment>/<run_name>/          parent: manifest.json (parent MLflow r
   oof/oof.parquet                         every fold's validation predictions, one table
   oof/test.parquet                        test predictions averaged over folds
   metrics.json                            fold mean/std of each metric + the OOF score
+  cv.log                                  the job's log (every fold's epochs, errors in full)
 ```
 
+The parent's run directory lives like any run's (:class:`src.core.lifecycle.RunLifecycle`).
 Finished folds are skipped on a rerun and a killed fold resumes from its own ``last.ckpt`` (both
 by :func:`src.core.training.train`). Folds may also run as separate jobs (Hydra multirun on a
 cluster, ``cv.folds=[k]`` each): they share the parent through a file lock, and whichever job
@@ -20,21 +22,19 @@ import contextlib
 import copy
 import fcntl
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from src.core import mlflow_client
 from src.core.errors import ConfigError, DataError
-from src.core.io import atomic_path, write_json_atomic, write_text_atomic
-from src.core.manifest import build_manifest
+from src.core.io import atomic_path, write_json_atomic
+from src.core.lifecycle import RunLifecycle, build, build_components
+from src.core.mlflow_client import RunSpec
 from src.core.rundir import RunDir, RunState
 from src.core.training import train
 
@@ -84,47 +84,51 @@ def fold_config(cfg: DictConfig, parent: RunDir, k: int, parent_run_id: str | No
     return child
 
 
-def _client(cfg: DictConfig) -> Any:
-    return mlflow_client.client(cfg.paths.mlflow_dir)
-
-
-@rank_zero_only
-def open_parent(cfg: DictConfig, parent: RunDir) -> str | None:
-    """Create (or reopen) the parent run: manifest.json and, with MLflow, the parent MLflow run."""
-    with locked(parent.path / ".cv.lock"):
-        manifest = parent.manifest()
-        if manifest:
-            return manifest.get("mlflow_run_id")
-        run_id = None
-        if _uses_mlflow(cfg):
-            client = _client(cfg)
-            exp_id = mlflow_client.experiment_id(client, cfg.experiment_name, cfg.paths.mlflow_dir)
-            run_id = mlflow_client.start_run(client, exp_id, cfg.run_name, parent.path, tags={"podium.cv": "parent"})
-            mlflow_client.log_params(client, run_id, mlflow_client.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        write_text_atomic(parent.config_file, OmegaConf.to_yaml(cfg, resolve=True))
-        parent.write_manifest({**build_manifest(cfg, sys.argv, None, run_id), "folds": int(cfg.data.n_folds)})
-        return run_id
-
-
-@rank_zero_only
-def discard_unused_parent(cfg: DictConfig, parent: RunDir, run_id: str | None) -> None:
-    """Undo :func:`open_parent` after a failure before any fold recorded anything.
-
-    A command rejected at its first fold (bad data, unknown model) then leaves no parent
-    manifest behind, and the entry point removes the folder like any stray run directory. The
-    parent MLflow run, if one was created, is marked FAILED.
-    """
-    with locked(parent.path / ".cv.lock"):
-        if any(parent.path.glob("fold_*/manifest.json")):
-            return  # some fold started for real: the parent is needed to resume it
-        parent.manifest_file.unlink(missing_ok=True)
-        parent.config_file.unlink(missing_ok=True)
-    if run_id is not None:
-        _client(cfg).set_terminated(run_id, "FAILED")
+def _mlflow_spec(cfg: DictConfig) -> RunSpec | None:
+    """The parent's MLflow run: tagged ``podium.cv=parent``, its folds' folders not uploaded."""
+    if not _uses_mlflow(cfg):
+        return None
+    return RunSpec(cfg.paths.mlflow_dir, cfg.experiment_name, cfg.run_name, {"podium.cv": "parent"}, ("fold_*",))
 
 
 def _uses_mlflow(cfg: DictConfig) -> bool:
     return bool(cfg.get("logger")) and bool(cfg.logger.get("mlflow"))
+
+
+def check_folds(cfg: DictConfig, parent: RunDir, folds: list[int]) -> None:
+    """Build what the first fold builds (and the OOF scorer), so that a value they refuse stops
+    ``cv.py`` before the parent run is written or any fold trains."""
+    build_components(fold_config(cfg, parent, folds[0], None))
+    if cfg.cv.get("oof_score"):
+        build(cfg, "cv.oof_score")
+
+
+@rank_zero_only
+def open_parent(cfg: DictConfig, parent: RunLifecycle) -> bool:
+    """Start the parent run (config.yaml, manifest.json, MLflow run) unless another job did.
+
+    Returns:
+        True when this call started it (False: reopened the one another job started).
+    """
+    with locked(parent.run.path / ".cv.lock"):
+        if parent.run.manifest_file.is_file() and not parent.force:
+            parent.reopen(_mlflow_spec(cfg))
+            return False
+        parent.start(mlflow=_mlflow_spec(cfg), extra={"folds": int(cfg.data.n_folds)})
+        return True
+
+
+@rank_zero_only
+def discard_unused_parent(parent: RunLifecycle) -> None:
+    """Undo :func:`open_parent` after a failure before any fold recorded anything.
+
+    A command rejected at its first fold (data a loader refuses mid-setup) then leaves no parent
+    manifest behind, and the entry point removes the folder like any stray run directory. The
+    parent MLflow run, if one was created, is marked FAILED.
+    """
+    with locked(parent.run.path / ".cv.lock"):
+        if not any(parent.run.path.glob("fold_*/manifest.json")):  # else the parent resumes them
+            parent.abandon()
 
 
 def merge_oof(parent: RunDir, n_folds: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -161,39 +165,46 @@ def _summary(parent: RunDir, n_folds: int) -> dict[str, Any]:
     return summary
 
 
-@rank_zero_only
-def close_parent(cfg: DictConfig, parent: RunDir, run_id: str | None) -> dict[str, Any]:
-    """Merge OOF tables, compute fold statistics and the OOF score, finish the parent run."""
+def merge_folds(cfg: DictConfig, parent: RunDir) -> dict[str, Any]:
+    """Merge the folds' OOF tables into ``oof/``; fold statistics and the OOF score.
+
+    Returns:
+        The parent's metrics: ``cv/<metric>/mean|std``, ``oof/score`` (with ``cv.oof_score``),
+        ``oof/samples``.
+    """
     n_folds = int(cfg.data.n_folds)
-    with locked(parent.path / ".cv.lock"):
-        if parent.state() is RunState.FINISHED:
-            return parent.metrics()
-        val, test = merge_oof(parent, n_folds)
-        out = parent.path / OOF_DIR
-        for name, frame in (("oof.parquet", val), ("test.parquet", test)):
-            if frame is not None:
-                with atomic_path(out / name) as tmp:
-                    frame.to_parquet(tmp, index=False)
-        classes = fold_dir(parent, 0) / OOF_DIR / "classes.json"
-        if classes.is_file():
-            write_json_atomic(out / "classes.json", json.loads(classes.read_text()))
-        metrics = _summary(parent, n_folds)
-        if cfg.cv.get("oof_score"):
-            metrics["oof/score"] = float(instantiate(cfg.cv.oof_score)(val))
-        metrics["oof/samples"] = len(val)
-        if run_id is not None:
-            client = _client(cfg)
-            mlflow_client.log_metrics(client, run_id, metrics)
-            mlflow_client.log_run_dir(client, run_id, parent.path, skip=[p.name for p in parent.path.glob("fold_*")])
-        parent.write_metrics(metrics)
-        if run_id is not None:
-            client.log_artifact(run_id, str(parent.metrics_file))
-            client.set_terminated(run_id, "FINISHED")
+    val, test = merge_oof(parent, n_folds)
+    out = parent.path / OOF_DIR
+    for name, frame in (("oof.parquet", val), ("test.parquet", test)):
+        if frame is not None:
+            with atomic_path(out / name) as tmp:
+                frame.to_parquet(tmp, index=False)
+    classes = fold_dir(parent, 0) / OOF_DIR / "classes.json"
+    if classes.is_file():
+        write_json_atomic(out / "classes.json", json.loads(classes.read_text()))
+    metrics = _summary(parent, n_folds)
+    if cfg.cv.get("oof_score"):
+        metrics["oof/score"] = float(build(cfg, "cv.oof_score")(val))
+    metrics["oof/samples"] = len(val)
+    return metrics
+
+
+@rank_zero_only
+def close_parent(cfg: DictConfig, parent: RunLifecycle) -> dict[str, Any]:
+    """Merge the folds (:func:`merge_folds`) and finish the parent run, once (under the lock)."""
+    with locked(parent.run.path / ".cv.lock"):
+        if parent.run.state() is RunState.FINISHED:
+            return parent.run.metrics()
+        metrics = merge_folds(cfg, parent.run)
+        parent.finish(metrics, mlflow_metrics=metrics)
         return metrics
 
 
 def run_cv(cfg: DictConfig) -> float | None:
     """Run the requested folds; when all are finished, merge and report the parent run.
+
+    The parent's run directory has the lifecycle of any run (:class:`RunLifecycle`): finished →
+    reported, another config → refused, ``force=true`` → every fold starts over.
 
     Args:
         cfg: The composed ``configs/cv.yaml`` (``train.yaml`` plus the ``cv`` node).
@@ -201,28 +212,27 @@ def run_cv(cfg: DictConfig) -> float | None:
     Returns:
         The parent's ``oof/score`` (or None until every fold has finished).
     """
-    parent = RunDir(Path(cfg.paths.output_dir))
-    if parent.state() is RunState.FINISHED and not cfg.force:
-        metrics = parent.metrics()
-        rank_zero_only(print)(f"podium: cross-validation {parent.path} is already finished: {metrics.get('oof/score')}")
-        return metrics.get("oof/score")
-    if cfg.force and rank_zero_only.rank == 0:
-        parent.reset()
+    parent = RunLifecycle(cfg, job="cross-validation", redo="run every fold again")
+    finished = parent.begin()
+    if finished is not None:
+        return finished.get("oof/score")
     folds = fold_list(cfg)
-    created = not parent.manifest_file.exists()
-    run_id = open_parent(cfg, parent)
+    check_folds(cfg, parent.run, folds)
+    created = open_parent(cfg, parent)
+    parent_run_id = parent.mlflow.run_id if parent.mlflow is not None else None
     try:
         for k in folds:
-            train(fold_config(cfg, parent, k, run_id))
+            train(fold_config(cfg, parent.run, k, parent_run_id))
     except Exception:
         if created:
-            discard_unused_parent(cfg, parent, run_id)
+            discard_unused_parent(parent)
         raise
     n_folds = int(cfg.data.n_folds)
-    missing = [k for k in range(n_folds) if RunDir(fold_dir(parent, k)).state() is not RunState.FINISHED]
+    missing = [k for k in range(n_folds) if RunDir(fold_dir(parent.run, k)).state() is not RunState.FINISHED]
     if missing:
-        rank_zero_only(print)(f"podium: folds {missing} of {parent.path} are not finished yet; the parent closes then")
+        rank_zero_only(print)(
+            f"podium: folds {missing} of {parent.run.path} are not finished yet; the parent closes then"
+        )
         return None
-    metrics = close_parent(cfg, parent, run_id) or {}
-    rank_zero_only(print)(f"podium: cross-validation finished: {parent.metrics_file}")
+    metrics = close_parent(cfg, parent) or {}
     return metrics.get("oof/score")

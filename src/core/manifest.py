@@ -21,20 +21,21 @@ PACKAGES = (
     "omegaconf", "mlflow", "numpy", "pandas", "scikit-learn", "mambapy", "mamba-ssm",
 )  # fmt: skip
 
-# Keys that say where or how a run executes, not what it computes: they may change between a
-# run and its resume (another machine, another device count) without making it another run.
-NON_IDENTITY_KEYS = ("paths", "extras", "force", "logger", "hydra", "run_name", "trainer.devices",
-                     "trainer.accelerator", "trainer.num_nodes", "trainer.strategy",
-                     "callbacks.rich_progress_bar")  # fmt: skip
+# Keys that say where or how a run executes, or what it reports, not what it computes: they may
+# change between a run and its resume (another machine, another device count, the folds one job of a
+# cross-validation runs, the log it writes) without making it another run.
+NON_IDENTITY_KEYS = ("paths", "extras", "force", "logger", "hydra", "run_name", "log_mlflow", "cv.folds",
+                     "trainer.devices", "trainer.accelerator", "trainer.num_nodes", "trainer.strategy",
+                     "callbacks.rich_progress_bar", "callbacks.epoch_log")  # fmt: skip
 
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """sha256 (16 hex chars) of the resolved config minus the keys in NON_IDENTITY_KEYS."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+def identity(config: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as a plain dict without the keys in NON_IDENTITY_KEYS."""
+    container = OmegaConf.to_container(OmegaConf.create(config) if isinstance(config, dict) else config, resolve=True)
     for dotted in NON_IDENTITY_KEYS:
         *parents, leaf = dotted.split(".")
         node = container
@@ -42,8 +43,38 @@ def config_hash(cfg: DictConfig) -> str:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
-    text = OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
+    return container
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """sha256 (16 hex chars) of the resolved config minus the keys in NON_IDENTITY_KEYS."""
+    text = OmegaConf.to_yaml(OmegaConf.create(identity(cfg)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def config_diff(old: dict[str, Any], cfg: DictConfig, most: int = 6) -> list[str]:
+    """``key: old -> new`` for the identity keys in which ``cfg`` differs from the config ``old``.
+
+    Args:
+        old: A run's saved resolved config (``config.yaml``).
+        cfg: The config of this command.
+        most: How many differences to list at most.
+
+    Returns:
+        Up to ``most`` lines, sorted by key.
+    """
+    before, after = _leaves(identity(old)), _leaves(identity(cfg))
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k, "<unset>") != after.get(k, "<unset>"))
+    return [f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}" for k in keys[:most]]
 
 
 def _git(*args: str) -> str | None:

@@ -9,6 +9,8 @@ import fnmatch
 import re
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,13 @@ def log_params(mlf: Any, run_id: str, params: Mapping[str, Any]) -> None:
         mlf.log_batch(run_id, params=items[start : start + 100])
 
 
+def log_new_params(mlf: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """Flatten ``params`` and log the keys the run does not have yet (a resumed run has its first
+    life's params, and MLflow refuses to log a param twice)."""
+    existing = mlf.get_run(run_id).data.params
+    log_params(mlf, run_id, {k: v for k, v in flatten(params).items() if k not in existing})
+
+
 def log_metrics(mlf: Any, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     """Log finite float metrics in batches (keys sanitised to MLflow's allowed characters)."""
     import math
@@ -148,3 +157,68 @@ def log_run_dir(mlf: Any, run_id: str, run_dir: str | Path, skip: Iterable[str] 
         if any(fnmatch.fnmatchcase(rel.parts[0], pattern) for pattern in skip):
             continue
         mlf.log_artifact(run_id, str(path), artifact_path=str(rel.parent) if str(rel.parent) != "." else None)
+
+
+@dataclass
+class MlflowRun:
+    """The MLflow run a run directory records into.
+
+    Attributes:
+        client: An ``MlflowClient`` on the run's store.
+        run_id: The run.
+        skip: Top-level names or globs of the run directory not uploaded as artifacts.
+    """
+
+    client: Any
+    run_id: str
+    skip: tuple[str, ...] = ()
+
+    @cached_property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
+    def log_new_params(self, params: Mapping[str, Any]) -> None:
+        """Log the flattened ``params`` the run does not have yet."""
+        log_new_params(self.client, self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Log the finite numbers among ``metrics`` at step 0."""
+        log_metrics(self.client, self.run_id, metrics)
+
+    def upload(self, run_dir: str | Path) -> None:
+        """Upload the run directory's files as artifacts, except those ``skip`` names."""
+        log_run_dir(self.client, self.run_id, run_dir, skip=self.skip)
+
+    def terminate(self, status: str) -> None:
+        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self.client.set_terminated(self.run_id, status)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where and how a run directory's MLflow run is created.
+
+    Args:
+        store_dir: The MLflow store folder (``<root>/mlruns``).
+        experiment: The MLflow experiment (the experiment config's name).
+        run_name: The MLflow run name (the run directory's ``run_name``).
+        tags: Tags set at creation (besides the run directory's, which :func:`start_run` adds).
+        skip: Top-level names or globs of the run directory not uploaded as artifacts.
+    """
+
+    store_dir: str | Path
+    experiment: str
+    run_name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
+
+    def open(self, run_dir: str | Path, recorded_id: str | None) -> MlflowRun:
+        """The run ``recorded_id`` (a resumed run), or a new RUNNING run of ``run_dir``.
+
+        A new run closes the RUNNING runs a killed process left for the same run directory.
+        """
+        mlf = client(self.store_dir)
+        if recorded_id is None:
+            experiment = experiment_id(mlf, self.experiment, self.store_dir)
+            recorded_id = start_run(mlf, experiment, self.run_name, run_dir, tags=self.tags)
+        return MlflowRun(mlf, recorded_id, self.skip)

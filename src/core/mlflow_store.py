@@ -2,42 +2,47 @@
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from src.core.mlflow_client import (
-    RUN_DIR_TAG,
+    MlflowRun,
+    RunSpec,
     artifact_root,
-    close_orphans,
     ensure_store,
     flatten,
-    log_run_dir,
+    log_new_params,
     tracking_uri,
 )
 
 __all__ = ["PodiumMLFlowLogger", "artifact_root", "flatten", "tracking_uri"]
 
+#: MLflow's run status for the status Lightning finalizes a logger with.
+RUN_STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
+
 
 class PodiumMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger bound to the run directory.
+    """Lightning's MLFlowLogger logging into the MLflow run of the run directory.
 
-    Reuses the MLflow run id recorded in the run directory's ``manifest.json`` (so a resumed run
-    logs into the same MLflow run), logs params without clashing with those already logged, and
-    uploads the run directory's files as artifacts at the end.
+    Building it creates no MLflow run: the run lifecycle (``src.core.lifecycle.RunLifecycle``)
+    calls :meth:`open` once the run has passed every start-up check, which binds the logger to the
+    run recorded in ``manifest.json`` (a resumed run) or creates one with
+    :func:`src.core.mlflow_client.start_run` (tagged with the run directory; it closes the runs a
+    killed process left RUNNING there). Params are logged without clashing with those already on
+    the run, and each (metric, step) once. Used without :meth:`open`, it behaves as Lightning's
+    logger and creates its run on first use.
 
     Args:
         store_dir: The MLflow store folder (``<root>/mlruns``).
         experiment_name: MLflow experiment (the experiment config's name).
         run_name: MLflow run name (the run directory's name).
-        manifest_path: The run directory's ``manifest.json``.
-        tags: Extra run tags.
+        tags: Extra run tags (a list of names is tagged ``name=true``).
         log_checkpoints: Also upload ``checkpoints/`` as artifacts.
         parent_run_id: Nest this run under a parent run (cross-validation folds).
     """
@@ -47,67 +52,73 @@ class PodiumMLFlowLogger(MLFlowLogger):
         store_dir: str,
         experiment_name: str,
         run_name: str,
-        manifest_path: str | None = None,
         tags: Iterable[str] | Mapping[str, Any] | None = None,
         log_checkpoints: bool = False,
         parent_run_id: str | None = None,
     ) -> None:
         uri = ensure_store(store_dir)
-        run_id = None
-        if manifest_path and Path(manifest_path).is_file():
-            try:
-                run_id = json.loads(Path(manifest_path).read_text()).get("mlflow_run_id")
-            except json.JSONDecodeError:
-                run_id = None
         if tags is not None and not isinstance(tags, Mapping):
             tags = {str(t): "true" for t in tags}
-        tags = dict(tags or {})
+        tags = {str(k): str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        # Tagged at creation, so a run whose manifest never got written can be found again.
-        self._run_dir = str(Path(manifest_path).parent) if manifest_path else None
-        if self._run_dir is not None:
-            tags.setdefault(RUN_DIR_TAG, self._run_dir)
-        self._fresh = run_id is None and self._run_dir is not None  # a new run: close what it supersedes
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
             tracking_uri=uri,
             tags=tags,
             artifact_location=artifact_root(store_dir),
-            run_id=run_id,
         )
+        # Lightning writes its SLURM requeue checkpoints beside config.yaml, not in checkpoints/.
+        skip = ("csv",) + (() if log_checkpoints else ("checkpoints", "hpc_ckpt_*.ckpt"))
+        self.spec = RunSpec(store_dir, experiment_name, run_name, tags, skip)
         self.log_checkpoints = log_checkpoints
+        self._bound: MlflowRun | None = None
         self._logged: dict[str, set[int]] | None = None
+
+    def open(self, run_dir: str | Path, recorded_id: str | None) -> MlflowRun:
+        """Bind to the run ``recorded_id``, or create the run directory's run when it is None.
+
+        Args:
+            run_dir: The run directory (tagged on a new run).
+            recorded_id: The MLflow run id ``manifest.json`` records for a resumed run.
+
+        Returns:
+            The bound run (client, id and the run directory's files not to upload).
+        """
+        self._bound = self.spec.open(run_dir, recorded_id)
+        self._logged = None
+        return self._bound
 
     @property
     @override
+    @rank_zero_experiment
     def experiment(self) -> Any:
-        # Several processes may create the same experiment at once; the losers of that race
-        # see a unique-constraint error and simply look the experiment up again.
-        for attempt in range(5):
-            try:
-                client = super().experiment
-                break
-            except Exception as exc:
-                if attempt == 4 or "UNIQUE" not in str(exc).upper():
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        if self._fresh and self._initialized:
-            self._fresh = False
-            close_orphans(client, self._experiment_id, self._run_dir, keep=self._run_id)
-        return client
+        return super().experiment if self._bound is None else self._bound.client
+
+    @property
+    @override
+    def run_id(self) -> str | None:
+        return super().run_id if self._bound is None else self._bound.run_id
+
+    @property
+    @override
+    def experiment_id(self) -> str | None:
+        return super().experiment_id if self._bound is None else self._bound.experiment_id
+
+    @override
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self._bound is None:
+            super().finalize(status)
+        else:
+            self._bound.terminate(RUN_STATUS.get(status, status.upper()))
 
     @override
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         """Log params not yet on the run (a resumed run already has them)."""
-        if not isinstance(params, Mapping):
-            params = vars(params)
-        existing = self.experiment.get_run(self.run_id).data.params
-        fresh = {k: v for k, v in flatten(params).items() if k not in existing}
-        if fresh:
-            super().log_hyperparams(fresh)
+        log_new_params(self.experiment, self.run_id, params if isinstance(params, Mapping) else vars(params))
 
     def _logged_steps(self) -> dict[str, set[int]]:
         """Steps already on the run per metric key (a resumed run has those of its first life)."""
@@ -132,16 +143,3 @@ class PodiumMLFlowLogger(MLFlowLogger):
             super().log_metrics(fresh, step)
         for key in fresh:
             logged.setdefault(key, set()).add(at)
-
-    @rank_zero_only
-    def log_run_dir(self, run_dir: str | Path) -> None:
-        """Upload the run directory's files as artifacts (checkpoints only if configured).
-
-        Lightning writes its SLURM requeue checkpoints beside ``config.yaml``, not in ``checkpoints/``.
-        """
-        skip = {"csv"} | (set() if self.log_checkpoints else {"checkpoints", "hpc_ckpt_*.ckpt"})
-        log_run_dir(self.experiment, self.run_id, run_dir, skip=skip)
-
-    @rank_zero_only
-    def set_tag(self, key: str, value: str) -> None:
-        self.experiment.set_tag(self.run_id, key, value)

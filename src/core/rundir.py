@@ -6,7 +6,12 @@ manifest.json      provenance (git, command, config hash, packages, host, data) 
 checkpoints/       last.ckpt (resume point), the best checkpoint, on_exception.ckpt
 hpc_ckpt_<n>.ckpt  Lightning's SLURM requeue checkpoints (resume points too; only on SLURM)
 metrics.json       final metrics; written atomically when the run finishes
+train.log          the job's log (cv.log, ensemble.log, predict.log for those entry points): config
+                   hash, resumes, each epoch's metrics, warnings, the full traceback of an error
 ```
+
+What writes these files, and when, is :class:`src.core.lifecycle.RunLifecycle`'s business; the log
+is Hydra's job log (``configs/hydra/job_logging/podium.yaml``).
 
 State is read off the files alone: ``metrics.json`` present means finished, a resume point
 (``last.ckpt`` or ``hpc_ckpt_<n>.ckpt``) present without it means resumable, neither means fresh.

@@ -18,7 +18,6 @@ refit everything on all OOF rows for the test predictions; write files; log to M
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from sklearn.metrics import log_loss
 
-from src.core import mlflow_client
 from src.core.errors import ConfigError, DataError
 from src.core.io import atomic_path, file_fingerprint, write_text_atomic
-from src.core.manifest import build_manifest
-from src.core.rundir import RunDir, RunState
+from src.core.lifecycle import RunLifecycle, build
+from src.core.mlflow_client import RunSpec
+from src.core.rundir import RunDir
 from src.ensemble.audit import risk_audit
 from src.ensemble.blends import Blend, SelectMember, log_probs, nested_oof_predict
 from src.ensemble.calibration import CalibrationChain, expected_calibration_error
@@ -173,7 +171,7 @@ def check_select_by(select_by: str) -> None:
 def blend_factories(cfg: DictConfig) -> dict[str, Callable[[], Blend]]:
     """The configured blends by name: ``blends`` picks entries of ``blend_defs`` (partials)."""
     check_blends(cfg)
-    return {str(name): instantiate(cfg.blend_defs[name]) for name in cfg.blends}
+    return {str(name): build(cfg, f"blend_defs.{name}") for name in cfg.blends}
 
 
 def score(probs: Array, data: OOFData, cfg: DictConfig) -> dict[str, float]:
@@ -228,7 +226,7 @@ def final_stages(cfg: DictConfig, data: OOFData, best: Candidate) -> FinalStages
     """Calibrate the best candidate and add pair experts, each scored by nested OOF."""
     stages: list[Candidate] = []
     probs, name, chain, experts = best.oof, best.name, None, None
-    steps = [instantiate(s) for s in cfg.calibration.steps]
+    steps = [build(cfg, f"calibration.steps[{i}]", s) for i, s in enumerate(cfg.calibration.steps)]
     if steps:
         chain_factory = lambda: CalibrationChain(steps)  # noqa: E731
         probs = nested_oof_predict(chain_factory, probs, data.y, data.folds)
@@ -237,7 +235,7 @@ def final_stages(cfg: DictConfig, data: OOFData, best: Candidate) -> FinalStages
         stages.append(Candidate(name, "final", probs))
     if cfg.pair_experts.top_k > 0:
         experts = PairExperts(
-            top_k=cfg.pair_experts.top_k, margins=cfg.pair_experts.margins, factory=instantiate(cfg.pair_experts.model)
+            top_k=cfg.pair_experts.top_k, margins=cfg.pair_experts.margins, factory=build(cfg, "pair_experts.model")
         )
         experts.fit(probs, pair_features(data.P), data.y, data.folds)
         stages.append(Candidate(f"{name}+experts", "final", experts.oof_probs_))
@@ -262,18 +260,21 @@ def predict_test(data: OOFData, best: Candidate, final: FinalStages) -> None:
 def run_ensemble(cfg: DictConfig) -> float | None:
     """Run (or report) the ensemble described by ``cfg`` (``configs/ensemble.yaml``).
 
+    The run directory lives like any run's (:class:`~src.core.lifecycle.RunLifecycle`): finished
+    → reported, another config → refused, ``force=true`` → blended again. Everything is computed
+    before the run directory or the MLflow run is written.
+
     Returns:
         The final stage's OOF value of ``select_by`` (for sweeps), or the recorded one when the
         run was already finished.
     """
-    run = RunDir(Path(cfg.paths.output_dir))
-    if run.state() is RunState.FINISHED and not cfg.force:
-        return _finished(run, cfg)
+    lifecycle = RunLifecycle(cfg, job="ensemble", redo="blend again")
+    finished = lifecycle.begin()
+    if finished is not None:
+        return finished.get(f"oof/{cfg.select_by}")
     # Settings first: a misspelt name fails before members are read and blends fitted.
     check_select_by(cfg.select_by)
     check_blends(cfg)
-    if cfg.force:
-        run.reset()
     data = load_data(cfg)
     pool = candidates(cfg, data)
     rows = [{"name": c.name, "kind": c.kind, **score(c.oof, data, cfg)} for c in pool]
@@ -285,7 +286,10 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     chosen = final.stages[-1] if final.stages else best
     ranking = rank(rows, cfg.select_by)
     metrics = summarise(cfg, data, ranking, best, chosen, final)
-    _write_outputs(cfg, run, data, ranking, chosen, final, metrics)
+    fingerprint = file_fingerprint([m.path / OOF_DIR / OOF_FILE for m in data.members])
+    lifecycle.start(fingerprint, mlflow=_mlflow_spec(cfg))
+    _write_outputs(cfg, lifecycle.run, data, ranking, chosen, final, metrics)
+    lifecycle.finish(metrics, mlflow_metrics=_mlflow_metrics(metrics, ranking))
     return metrics[f"oof/{cfg.select_by}"]
 
 
@@ -317,16 +321,6 @@ def summarise(
     return metrics
 
 
-def _finished(run: RunDir, cfg: DictConfig) -> float | None:
-    metrics = run.metrics()
-    print(
-        f"podium: ensemble {cfg.run_name} is already finished.\n  results: {run.path}\n"
-        f"  final: {metrics.get('final')} oof/acc={metrics.get('oof/acc')}\n"
-        "  rerun with force=true to blend again, or pass a new run_name=..."
-    )
-    return metrics.get(f"oof/{cfg.select_by}")
-
-
 def submission_frame(data: OOFData, chosen: Candidate) -> pd.DataFrame | None:
     """``image_id,label`` (class names) of the chosen stage's test predictions, if any."""
     if chosen.test is None:
@@ -349,7 +343,7 @@ def _write_outputs(
     final: FinalStages,
     metrics: dict[str, Any],
 ) -> None:
-    """Write the run directory (metrics.json last) and log it to MLflow."""
+    """Write the ensemble's files into the run directory (the lifecycle writes the rest)."""
     ref = data.members[0]
     _write_csv(run.path / "ranking.csv", ranking)
     submission = submission_frame(data, chosen)
@@ -368,17 +362,7 @@ def _write_outputs(
         test_probs=chosen.test,
     )
     write_text_atomic(run.path / "report.html", _report(cfg, data, ranking, chosen, final, metrics))
-    write_text_atomic(run.config_file, OmegaConf.to_yaml(cfg, resolve=True))
-    fingerprint = file_fingerprint([m.path / OOF_DIR / OOF_FILE for m in data.members])
-    run_id = _mlflow_start(cfg, run)
-    run.write_manifest(build_manifest(cfg, sys.argv, fingerprint, run_id))
-    run.write_metrics(metrics)
-    if run_id is not None:
-        _mlflow_finish(cfg, run, run_id, metrics, ranking)
-    print(
-        f"podium: ensemble finished {run.path}\n  final: {chosen.name} "
-        f"oof/acc={metrics['oof/acc']:.4f} oof/log_loss={metrics['oof/log_loss']:.4f}"
-    )
+    log.info("ensemble final stage: %s", chosen.name)
 
 
 def _report(
@@ -411,23 +395,16 @@ def _report(
     return render_report(f"ensemble {cfg.run_name}", summary, ranking, sections, final=chosen.name)
 
 
-def _mlflow_start(cfg: DictConfig, run: RunDir) -> str | None:
-    """Create the MLflow run (experiment ``experiment_name``) and log the flattened config."""
+def _mlflow_spec(cfg: DictConfig) -> RunSpec | None:
+    """The ensemble's MLflow run (experiment ``experiment_name``), unless ``log_mlflow=false``."""
     if not cfg.get("log_mlflow", True):
         return None
-    client = mlflow_client.client(cfg.paths.mlflow_dir)
-    exp_id = mlflow_client.experiment_id(client, cfg.experiment_name, cfg.paths.mlflow_dir)
-    run_id = mlflow_client.start_run(client, exp_id, cfg.run_name, run.path)
-    mlflow_client.log_params(client, run_id, mlflow_client.flatten(OmegaConf.to_container(cfg, resolve=True)))
-    return run_id
+    return RunSpec(cfg.paths.mlflow_dir, cfg.experiment_name, cfg.run_name)
 
 
-def _mlflow_finish(cfg: DictConfig, run: RunDir, run_id: str, metrics: dict[str, Any], ranking: pd.DataFrame) -> None:
-    """Log the final metrics, every candidate's scores and the run directory's files."""
+def _mlflow_metrics(metrics: dict[str, Any], ranking: pd.DataFrame) -> dict[str, Any]:
+    """The final metrics and every candidate's scores (``rank/<name>/<metric>``)."""
     values = dict(metrics)
     for row in ranking.to_dict("records"):
         values |= {f"rank/{row['name']}/{k}": v for k, v in row.items() if isinstance(v, float)}
-    client = mlflow_client.client(cfg.paths.mlflow_dir)
-    mlflow_client.log_metrics(client, run_id, values)
-    mlflow_client.log_run_dir(client, run_id, run.path)
-    client.set_terminated(run_id, "FINISHED")
+    return values

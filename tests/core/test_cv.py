@@ -1,10 +1,12 @@
-"""The fold runner: child runs under one parent, merged OOF, skip finished folds, resume a killed one."""
+"""The fold runner: child runs under one parent, merged OOF, skip finished folds, resume a killed
+one, and the parent's run lifecycle (finished, force, another config)."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +14,98 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
+from src.core import cv
+from src.core.errors import ConfigError, RunStateError
+from src.core.lifecycle import RunLifecycle
+from src.core.manifest import config_hash
 from src.core.mlflow_store import tracking_uri
-from tests.conftest import TINY_MODEL, read_metrics
+from tests.conftest import CONFIG_DIR, TINY_MODEL, read_metrics
 from tests.core.test_faults import assert_each_step_once, history, killed, run
 
 CV_PY = str(Path(__file__).resolve().parents[2] / "cv.py")
 ARGS = ["experiment=digits", *TINY_MODEL, "data.n_folds=3", "trainer.max_epochs=2",
         "+trainer.limit_train_batches=4", "run_name=cv"]  # fmt: skip
+# Two folds of one epoch of 2 steps, CSV logs: the parent lifecycle tests' cross-validation.
+TOY = ["experiment=digits", *TINY_MODEL, "data.n_folds=2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+       "+trainer.limit_val_batches=2", "logger=csv"]  # fmt: skip
+
+
+def compose_cv(overrides: list[str], root: Path) -> DictConfig:
+    """Compose configs/cv.yaml like `python cv.py` would, rooted at ``root``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name="cv", overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cv_root(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A project root holding one finished toy cross-validation, ``outputs/digits/toy``."""
+    root = tmp_path_factory.mktemp("cv_lifecycle")
+    (root / "data").mkdir()
+    (root / "data" / "digits").symlink_to(data_dir / "digits", target_is_directory=True)
+    cv.run_cv(compose_cv([*TOY, "run_name=toy"], root))
+    return root
+
+
+def stamps(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_finished_cross_validation_is_reported(cv_root: Path, capsys) -> None:
+    parent = cv_root / "outputs" / "digits" / "toy"
+    before = stamps(parent)
+    capsys.readouterr()
+    assert cv.run_cv(compose_cv([*TOY, "run_name=toy"], cv_root)) == read_metrics(parent)["oof/score"]
+    out = capsys.readouterr().out
+    assert "cross-validation digits/toy is already finished" in out and "oof/score=" in out
+    assert stamps(parent) == before
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_parent_of_another_config_is_refused_before_any_fold(cv_root: Path, finished: bool) -> None:
+    name = "toy" if finished else "half"
+    parent = cv_root / "outputs" / "digits" / name
+    if not finished:  # a parent another job opened, its folds not run yet
+        first = compose_cv([*TOY, f"run_name={name}"], cv_root)
+        cv.open_parent(first, RunLifecycle(first))
+    before = stamps(parent)
+    other = compose_cv([*TOY, "trainer.max_epochs=2", "cv.folds=[1]", f"run_name={name}"], cv_root)
+    state = "a finished" if finished else "an unfinished"
+    with pytest.raises(RunStateError, match=f"{state} cross-validation of a different config") as err:
+        cv.run_cv(other)
+    assert "trainer.max_epochs: 1 -> 2" in err.value.what and "force=true" in err.value.fix
+    assert stamps(parent) == before  # cv.folds does not count: the folds one job runs are its own choice
+
+
+def test_a_refused_value_stops_before_the_parent_run_exists(cv_root: Path) -> None:
+    cfg = compose_cv([*TOY, "logger=mlflow", "data.batch_size=-1", "run_name=refused"], cv_root)
+    with pytest.raises(ConfigError, match=r"data\.batch_size=-1"):
+        cv.run_cv(cfg)
+    assert not (cv_root / "outputs" / "digits" / "refused" / "manifest.json").exists()
+    client = mlflow.MlflowClient(tracking_uri(cv_root / "mlruns"))
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_force_runs_every_fold_again(cv_root: Path) -> None:
+    parent = cv_root / "outputs" / "digits" / "forced"
+    shutil.copytree(cv_root / "outputs" / "digits" / "toy", parent)
+    old = {k: json.loads((parent / k / "manifest.json").read_text()) for k in ("", "fold_0", "fold_1")}
+    cfg = compose_cv([*TOY, "model.optimizer.lr=0.01", "run_name=forced", "force=true"], cv_root)
+    cv.run_cv(cfg)
+    assert json.loads((parent / "manifest.json").read_text())["config_hash"] == config_hash(cfg)
+    for k in ("", "fold_0", "fold_1"):
+        manifest = json.loads((parent / k / "manifest.json").read_text())
+        assert manifest["config_hash"] != old[k]["config_hash"] and manifest["created_at"] >= old[k]["finished_at"]
+    assert read_metrics(parent)["oof/samples"] == 1797  # the OOF writer predicts every validation sample
 
 
 def run_cv(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -33,7 +119,8 @@ def run_cv(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_cv_kill_a_fold_then_rerun_skips_finished_and_resumes(root: Path) -> None:
     parent = root / "outputs" / "digits" / "cv"
     step = random.randrange(0, 8)  # fold 1 trains 2 epochs of 4 steps
-    fault = ("--kill-at-step", str(step), "--in-fit", "2")
+    # Fold 1's Trainer is the third the process builds: cv.py builds fold 0's once up front (check_folds).
+    fault = ("--kill-at-step", str(step), "--in-fit", "3")
     out = killed(run(root, *ARGS, faults=fault, entry=CV_PY))
     assert f"SIGKILL at global step {step}" in out.stdout
     assert (parent / "fold_0" / "metrics.json").is_file() and not (parent / "fold_1" / "metrics.json").exists()

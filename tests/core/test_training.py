@@ -1,22 +1,32 @@
-"""End-to-end runs of train.py: resume after SIGKILL, finished runs, MLflow records, DDP, sweeps."""
+"""End-to-end runs of train.py: its run lifecycle (finished, force, another config), train.log,
+MLflow records, DDP, sweeps."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import mlflow
 import pytest
 import yaml
 
 from src.core.errors import RunStateError
+from src.core.manifest import config_hash
 from src.core.mlflow_store import tracking_uri
 from src.core.training import train
 from tests.conftest import TINY_MODEL, compose_cfg, mlflow_runs, read_metrics
+from tests.entry_harness import run_entry_point
+from tests.faults import NaNAtStep
 
 SHORT = ["experiment=digits", *TINY_MODEL, "trainer.max_epochs=3", "+trainer.limit_train_batches=8"]
+# One epoch of 8 steps, CSV logs: the lifecycle tests' finished run (outputs/digits/<run_name>).
+DONE = [*SHORT, "trainer.max_epochs=1", "+trainer.limit_val_batches=2", "logger=csv", "optimized_metric=val/acc"]
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -47,16 +57,99 @@ def test_finished_run_reports_and_force_retrains(root: Path, run_train) -> None:
     assert (run_dir / "metrics.json").stat().st_mtime_ns != stamp
 
 
-def test_finished_run_of_another_config_is_refused(root: Path) -> None:
-    # A sweep trial (or anyone) reusing a run name must not be handed another config's results.
-    first = compose_cfg([*SHORT, "trainer.max_epochs=1", "run_name=same"], root)
-    train(first)
-    metrics = root / "outputs" / "digits" / "same" / "metrics.json"
-    stamp = metrics.stat().st_mtime_ns
-    other = compose_cfg([*SHORT, "trainer.max_epochs=1", "model.optimizer.lr=0.01", "run_name=same"], root)
-    with pytest.raises(RunStateError, match="finished run of a different config") as err:
+@pytest.fixture(scope="module")
+def done_root(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A project root holding one finished toy run, ``outputs/digits/done`` (tests copy it)."""
+    root = tmp_path_factory.mktemp("lifecycle")
+    (root / "data").mkdir()
+    (root / "data" / "digits").symlink_to(data_dir / "digits", target_is_directory=True)
+    train(compose_cfg([*DONE, "run_name=done"], root))
+    return root
+
+
+def copy_run(root: Path, name: str, finished: bool = True) -> Path:
+    """A copy of the finished run as ``outputs/digits/<name>`` (without metrics.json: unfinished)."""
+    run_dir = root / "outputs" / "digits" / name
+    shutil.copytree(root / "outputs" / "digits" / "done", run_dir)
+    if not finished:
+        (run_dir / "metrics.json").unlink()
+    return run_dir
+
+
+def stamps(run_dir: Path) -> dict[str, Any]:
+    return {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_a_finished_run_is_reported_with_its_metrics(done_root: Path, capsys) -> None:
+    run_dir = done_root / "outputs" / "digits" / "done"
+    before = stamps(run_dir)
+    capsys.readouterr()
+    assert train(compose_cfg([*DONE, "run_name=done"], done_root)) == read_metrics(run_dir)["val/acc"]
+    out = capsys.readouterr().out
+    assert "run digits/done is already finished" in out and str(run_dir) in out and "val/acc=" in out
+    assert stamps(run_dir) == before
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_run_directory_of_another_config_is_refused(done_root: Path, finished: bool) -> None:
+    # A sweep trial (or anyone) reusing a run name must not be handed another config's results,
+    # nor continue another config's checkpoint.
+    name = f"other_{finished}"
+    run_dir = copy_run(done_root, name, finished)
+    before = stamps(run_dir)
+    other = compose_cfg([*DONE, "model.optimizer.lr=0.01", f"run_name={name}"], done_root)
+    state = "a finished" if finished else "an unfinished"
+    with pytest.raises(RunStateError, match=f"{state} run of a different config") as err:
         train(other)
-    assert "force=true" in err.value.fix and metrics.stat().st_mtime_ns == stamp
+    assert "model.optimizer.lr: 0.001 -> 0.01" in err.value.what
+    assert "force=true" in err.value.fix and "run_name=<new name>" in err.value.fix
+    assert stamps(run_dir) == before
+
+
+def test_force_trains_another_config_again(done_root: Path) -> None:
+    run_dir = copy_run(done_root, "forced")
+    old = json.loads((run_dir / "manifest.json").read_text())
+    cfg = compose_cfg([*DONE, "model.optimizer.lr=0.01", "run_name=forced", "force=true"], done_root)
+    train(cfg)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config_hash"] == config_hash(cfg) != old["config_hash"]
+    assert manifest["created_at"] >= old["finished_at"] and manifest["finished_at"]
+    assert read_metrics(run_dir)["global_step"] == 8
+
+
+def _with_nan_at_step(step: int, patch: pytest.MonkeyPatch) -> None:
+    """Poison the batch of global ``step`` in every Trainer built (tests/faults.py's fault)."""
+    original = pl.Trainer.__init__
+
+    def init(self: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), NaNAtStep(step)]
+        original(self, *args, **kwargs)
+
+    patch.setattr(pl.Trainer, "__init__", init)
+
+
+def test_train_log_holds_hash_epochs_warnings_the_traceback_and_the_resume(root: Path, monkeypatch, capfd) -> None:
+    args = ["experiment=digits", *TINY_MODEL, "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "logger=csv",
+            "+trainer.limit_val_batches=2", "extras.ignore_warnings=false", "run_name=logged"]  # fmt: skip
+    run_dir = root / "outputs" / "digits" / "logged"
+    with monkeypatch.context() as patch:
+        _with_nan_at_step(3, patch)  # epoch 1, after epoch 0's last.ckpt
+        failed = run_entry_point("train", args, root, monkeypatch, capfd)
+    assert failed.code == 3 and "podium: error: non-finite training loss" in failed.err
+    assert "Traceback" not in failed.err
+    log = (run_dir / "train.log").read_text()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert f"config hash {manifest['config_hash']}, fresh start" in log
+    assert re.search(r"\[podium\]\[INFO\] - epoch 0: .*train/loss_epoch=\S+ .*val/acc=\S+", log), log
+    assert "[py.warnings][WARNING]" in log
+    assert "Traceback (most recent call last)" in log and "TrainingError: non-finite training loss" in log
+
+    resumed = run_entry_point("train", args, root, monkeypatch, capfd)
+    assert resumed.code == 0, resumed.err[-2000:]
+    log = (run_dir / "train.log").read_text()
+    assert "resume: checkpoints/last.ckpt at epoch 0, global step 2" in log
+    assert f"config hash {manifest['config_hash']}, resuming from" in log
+    assert "epoch 1: " in log and "podium: run finished" in log
 
 
 def test_mlflow_run_has_params_metrics_and_artifacts(root: Path) -> None:

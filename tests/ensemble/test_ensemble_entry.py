@@ -15,7 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from src.core.errors import ConfigError, DataError
+from src.core.errors import ConfigError, DataError, RunStateError
+from src.core.manifest import config_hash
 from src.core.resolvers import PROJECT_ROOT
 from src.ensemble.pipeline import run_ensemble
 from tests.ensemble.synthetic import write_member
@@ -89,6 +90,29 @@ def test_job_errors_name_the_member_and_the_config_key(project: Path) -> None:
         run_ensemble(cfg)
 
 
+def test_another_config_is_refused_and_force_blends_again(project: Path) -> None:
+    cheap = [MEMBERS, "run_name=lc", "blends=[mean]", "calibration.steps=[]", "pair_experts.top_k=0",
+             "audit.n_boot=50", "audit.n_splits=2", "log_mlflow=false", *FAST]  # fmt: skip
+    run = project / "outputs" / "ensemble" / "lc"
+    run_ensemble(compose_ensemble(project, *cheap))
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    other = compose_ensemble(project, *cheap, "select_by=log_loss")
+    with pytest.raises(RunStateError, match="a finished ensemble of a different config") as err:
+        run_ensemble(other)
+    assert "select_by: 'acc' -> 'log_loss'" in err.value.what and "force=true" in err.value.fix
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp
+
+    (run / "metrics.json").unlink()  # killed after its manifest was written: unfinished
+    with pytest.raises(RunStateError, match="an unfinished ensemble of a different config"):
+        run_ensemble(other)
+
+    forced = compose_ensemble(project, *cheap, "select_by=log_loss", "force=true")
+    value = run_ensemble(forced)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert value == metrics["oof/log_loss"] and metrics["final"] == metrics["best"]
+    assert json.loads((run / "manifest.json").read_text())["config_hash"] == config_hash(forced)
+
+
 @pytest.mark.slow
 def test_ensemble_py_end_to_end(project: Path) -> None:
     env = {**os.environ, "PODIUM_ROOT": str(project), "PYTHONUNBUFFERED": "1"}
@@ -118,3 +142,4 @@ def test_ensemble_py_end_to_end(project: Path) -> None:
     assert {"ranking.csv", "submission.csv", "report.html", "metrics.json"} <= {
         a.path for a in client.list_artifacts(mlrun.info.run_id)
     }
+    assert f"config hash {manifest['config_hash']}" in (run / "ensemble.log").read_text()
