@@ -64,6 +64,7 @@ class TaskModule(Protocol):
     """What the spine calls on every LightningModule besides Lightning's own hooks."""
 
     task: str
+    evaluator: str
 
     def check_optimizers(self) -> None:
         """Build the optimizer once at start-up so a refused value fails before anything is written."""

@@ -3,8 +3,12 @@
 ```
 outputs/<experiment>/<run_name>/          parent: manifest.json (parent MLflow run id),
   fold_0/ ... fold_{K-1}/                 one ordinary run directory per fold (resumable)
-  oof/oof.parquet                         every fold's validation predictions, one table
-  oof/test.parquet                        test predictions averaged over folds
+  fold_k/predictions/val/                 fold k's out-of-fold records (predict.py's artifact)
+  oof/gt_vs_pred.jsonl                    every fold's validation records, one file (+ "fold")
+  oof/resolved_config.json, summary.json  the artifact contract: evaluate.py scores it again
+  oof/eval/metrics.json                   the merged records scored by the task's evaluator
+  oof/oof.parquet, oof/test.parquet       classification tables for ensemble.py (with an OOF
+                                          writer callback: TTA, test split averaged over folds)
   metrics.json                            fold mean/std of each metric + the OOF score
   cv.log                                  the job's log (every fold's epochs, errors in full)
 ```
@@ -29,13 +33,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.core.artifacts import (
+    FLOAT_DIGITS,
+    RECORDS_FILE,
+    RESOLVED_CONFIG_FILE,
+    SUMMARY_FILE,
+    build_resolved_config,
+    build_summary,
+    read_record_lines,
+    read_resolved_config,
+    record_counts,
+    write_json,
+    write_records,
+)
+from src.core.contracts import TaskModule
 from src.core.errors import ConfigError, DataError
+from src.core.evaluating import import_scorer, score_usable, write_evaluation
 from src.core.io import atomic_path, write_json_atomic
-from src.core.lifecycle import RunLifecycle, build, build_components
+from src.core.lifecycle import RunLifecycle, build_components
 from src.core.mlflow_client import RunSpec
-from src.core.rundir import RunDir, RunState
+from src.core.predicting import predict
+from src.core.rundir import PREDICTIONS_DIR, RunDir, RunState
 from src.core.training import train
 
 OOF_DIR = "oof"
@@ -54,7 +74,17 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def fold_list(cfg: DictConfig) -> list[int]:
-    """The folds this invocation runs: ``cv.folds`` or all ``data.n_folds``."""
+    """The folds this invocation runs: ``cv.folds`` or all ``data.n_folds``.
+
+    Raises:
+        ConfigError: The datamodule has no folds, or a fold is out of range.
+    """
+    if cfg.data.get("n_folds") is None:
+        raise ConfigError(
+            f"{cfg.experiment_name}: its datamodule ({cfg.data.get('_target_')}) has no folds (data.n_folds), "
+            "so there is nothing to cross-validate",
+            "train it with python train.py, or cross-validate an experiment whose data has folds",
+        )
     n_folds = int(cfg.data.n_folds)
     folds = list(range(n_folds)) if cfg.cv.folds is None else [int(k) for k in cfg.cv.folds]
     bad = [k for k in folds if not 0 <= k < n_folds]
@@ -96,11 +126,18 @@ def _uses_mlflow(cfg: DictConfig) -> bool:
 
 
 def check_folds(cfg: DictConfig, parent: RunDir, folds: list[int]) -> None:
-    """Build what the first fold builds (and the OOF scorer), so that a value they refuse stops
-    ``cv.py`` before the parent run is written or any fold trains."""
-    build_components(fold_config(cfg, parent, folds[0], None))
-    if cfg.cv.get("oof_score"):
-        build(cfg, "cv.oof_score")
+    """Build what the first fold builds and check the out-of-fold scorer, so that a value they
+    refuse stops ``cv.py`` before the parent run is written or any fold trains."""
+    components = build_components(fold_config(cfg, parent, folds[0], None))
+    model = components.model
+    if not isinstance(model, TaskModule) or not model.evaluator:
+        raise ConfigError(
+            f"model {type(model).__name__} writes no out-of-fold records (predict_records) or names no evaluator",
+            "use a model built on src.modules.base.PodiumModule with task and evaluator set",
+        )
+    import_scorer(model.evaluator, model.task, f"fix {type(model).__name__}.evaluator")
+    if cfg.cv.ckpt not in ("last", "best"):
+        raise ConfigError(f"cv.ckpt={cfg.cv.ckpt!r} is not a fold checkpoint", "pass cv.ckpt=last or cv.ckpt=best")
 
 
 @rank_zero_only
@@ -165,14 +202,92 @@ def _summary(parent: RunDir, n_folds: int) -> dict[str, Any]:
     return summary
 
 
-def merge_folds(cfg: DictConfig, parent: RunDir) -> dict[str, Any]:
-    """Merge the folds' OOF tables into ``oof/``; fold statistics and the OOF score.
+def fold_records(parent: RunDir, k: int) -> Path:
+    """Fold ``k``'s out-of-fold prediction folder."""
+    return fold_dir(parent, k) / PREDICTIONS_DIR / "val"
+
+
+@rank_zero_only
+def predict_fold(cfg: DictConfig, parent: RunDir, k: int) -> None:
+    """Fold ``k``'s out-of-fold records: its validation fold predicted by ``predict.py``'s job with
+    the fold's ``cv.ckpt`` checkpoint. Done once; a rerun finds the folder complete."""
+    if (fold_records(parent, k) / SUMMARY_FILE).is_file():
+        return
+    child = fold_config(cfg, parent, k, None)
+    with open_dict(child):
+        child.ckpt, child.split = cfg.cv.ckpt, "val"
+        child.keep_frames, child.float_digits, child.evaluator = False, FLOAT_DIGITS, None
+    predict(child)
+
+
+def merge_records(cfg: DictConfig, parent: RunDir, n_folds: int) -> dict[str, Any]:
+    """Merge every fold's out-of-fold records into ``oof/`` and score them with the task's evaluator.
 
     Returns:
-        The parent's metrics: ``cv/<metric>/mean|std``, ``oof/score`` (with ``cv.oof_score``),
+        ``oof/<metric>`` for each of the evaluator's metrics, ``oof/score`` (``cv.oof_metric``)
+        and ``oof/samples``.
+    """
+    rows: list[dict[str, Any]] = []
+    resolved: dict[str, Any] = {}
+    for k in range(n_folds):
+        records, _, _ = read_record_lines(fold_records(parent, k) / RECORDS_FILE, strict=True)
+        resolved = resolved or read_resolved_config(fold_records(parent, k)) or {}
+        rows.extend({**r, "fold": k} for r in records)
+    seen: set[str] = set()
+    for r in rows:
+        if r["sample_id"] in seen:
+            raise DataError(
+                f"sample {r['sample_id']!r} is in the validation fold of two folds", "rewrite the folds file"
+            )
+        seen.add(r["sample_id"])
+    out = parent.path / OOF_DIR
+    write_records(out / RECORDS_FILE, rows)
+    task, evaluator = resolved.get("task", ""), resolved.get("evaluator") or ""
+    artifacts = {"records": RECORDS_FILE, "summary": SUMMARY_FILE, "resolved_config": RESOLVED_CONFIG_FILE}
+    stages = [*resolved.get("stages", []), "cv:merge"]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_json(out / RESOLVED_CONFIG_FILE, build_resolved_config(task, stages, artifacts, evaluator, None, config))
+    write_json(out / SUMMARY_FILE, build_summary(rows, task, {"requested": cfg.cv.ckpt}, 0.0, folds=n_folds))
+    scorer = import_scorer(evaluator, task, "predict the folds again (delete fold_*/predictions)")
+    lines = list(range(1, len(rows) + 1))
+    metrics, per_sample, scored = score_usable(out / RECORDS_FILE, rows, lines, scorer)
+    write_evaluation(out, metrics, per_sample, {**record_counts(rows), "scored": scored})
+    return {**{f"oof/{k}": v for k, v in metrics.items()}, **_oof_score(cfg, metrics), "oof/samples": len(rows)}
+
+
+def _oof_score(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """``oof/score``: ``cv.oof_metric``, by default the last part of ``optimized_metric``
+    (``val/acc`` → ``acc``, ``val/cal/score2024`` → ``score2024``)."""
+    name = cfg.cv.get("oof_metric") or str(cfg.get("optimized_metric") or "").rsplit("/", 1)[-1]
+    if name in metrics:
+        return {"oof/score": float(metrics[name])}
+    rank_zero_only(print)(
+        f"podium: the out-of-fold metrics have no {name or '(unnamed)'!r} for oof/score "
+        f"(they have: {', '.join(sorted(metrics))}); set cv.oof_metric=<one of them>"
+    )
+    return {}
+
+
+def merge_folds(cfg: DictConfig, parent: RunDir) -> dict[str, Any]:
+    """Merge the folds' out-of-fold records (and classification tables, when the folds wrote
+    them) into ``oof/``; fold statistics and the out-of-fold scores.
+
+    Returns:
+        The parent's metrics: ``cv/<metric>/mean|std``, ``oof/<metric>``, ``oof/score``,
         ``oof/samples``.
     """
     n_folds = int(cfg.data.n_folds)
+    for k in range(n_folds):
+        predict_fold(cfg, parent, k)  # a fold trained by a job that ended before predicting it
+    metrics = {**_summary(parent, n_folds), **merge_records(cfg, parent, n_folds)}
+    if (fold_dir(parent, 0) / OOF_DIR / "val.parquet").is_file():
+        merge_tables(parent, n_folds)
+    return metrics
+
+
+def merge_tables(parent: RunDir, n_folds: int) -> None:
+    """The classification OOF tables of ``ensemble.py``: ``oof/oof.parquet``, ``oof/test.parquet``
+    (averaged over folds) and ``oof/classes.json``."""
     val, test = merge_oof(parent, n_folds)
     out = parent.path / OOF_DIR
     for name, frame in (("oof.parquet", val), ("test.parquet", test)):
@@ -182,11 +297,6 @@ def merge_folds(cfg: DictConfig, parent: RunDir) -> dict[str, Any]:
     classes = fold_dir(parent, 0) / OOF_DIR / "classes.json"
     if classes.is_file():
         write_json_atomic(out / "classes.json", json.loads(classes.read_text()))
-    metrics = _summary(parent, n_folds)
-    if cfg.cv.get("oof_score"):
-        metrics["oof/score"] = float(build(cfg, "cv.oof_score")(val))
-    metrics["oof/samples"] = len(val)
-    return metrics
 
 
 @rank_zero_only
@@ -223,6 +333,7 @@ def run_cv(cfg: DictConfig) -> float | None:
     try:
         for k in folds:
             train(fold_config(cfg, parent.run, k, parent_run_id))
+            predict_fold(cfg, parent.run, k)
     except Exception:
         if created:
             discard_unused_parent(parent)

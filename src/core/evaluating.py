@@ -99,13 +99,21 @@ def load_scorer(cfg: DictConfig, resolved: Mapping[str, Any] | None, task: str) 
             f"no evaluator for task {task!r} (evaluators: {', '.join(f'{k}={v}' for k, v in cfg.evaluators.items())})",
             f"pass evaluators.{task}=<module.score_records>, or task=<one of {', '.join(cfg.evaluators)}>",
         )
+    return str(dotted), import_scorer(
+        str(dotted), task, f"pass evaluators.{task}=<module.function>, or fix the evaluator in {RESOLVED_CONFIG_FILE}"
+    )
+
+
+def import_scorer(dotted: str, task: str, fix: str) -> Scorer:
+    """The scoring function at ``dotted``.
+
+    Raises:
+        ConfigError: It cannot be imported (naming the path, the task and ``fix``).
+    """
     try:
-        return str(dotted), get_method(str(dotted))
+        return get_method(dotted)
     except (ImportError, ValueError, AttributeError) as exc:
-        raise ConfigError(
-            f"evaluator {dotted!r} of task {task!r} cannot be imported ({exc})",
-            f"pass evaluators.{task}=<module.function>, or fix the evaluator in {RESOLVED_CONFIG_FILE}",
-        ) from exc
+        raise ConfigError(f"evaluator {dotted!r} of task {task!r} cannot be imported ({exc})", fix) from exc
 
 
 def score(path: Path, records: list[dict[str, Any]], lines: list[int], scorer: Scorer) -> tuple[dict, list]:
@@ -182,16 +190,34 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise DataError(
             f"{path} holds no valid record ({detail})", f"point path at a {RECORDS_FILE} written by predict.py"
         )
-    usable = [i for i, r in enumerate(records) if r["gt"] is not None and not r["errors"]]
-    metrics, per_sample = {}, []
-    if usable:
-        chosen = [records[i] for i in usable]
-        metrics, per_sample = score(path, chosen, [lines[i] for i in usable], scorer)
-    counters = _counters(reader, records, len(usable))
+    metrics, per_sample, scored = score_usable(path, records, lines, scorer)
+    counters = _counters(reader, records, scored)
     if bool(cfg.log_mlflow) and metrics:
         counters[log_to_mlflow(resolved, f"{EVAL_DIR}/{folder.name}", metrics)] = 1
-    out = folder / EVAL_DIR
-    write_jsonl(out / PER_SAMPLE_FILE, per_sample)
-    write_json(out / METRICS_FILE, {"metrics": metrics, "counters": counters})
+    write_evaluation(folder, metrics, per_sample, counters)
     _report(folder, task, metrics, counters)
     return metrics
+
+
+def score_usable(
+    path: Path, records: list[dict[str, Any]], lines: list[int], scorer: Scorer
+) -> tuple[dict[str, float], list[dict[str, Any]], int]:
+    """Score the labelled records without error codes (the others are only counted).
+
+    Returns:
+        ``(metrics, per_sample, number of records scored)``.
+    """
+    usable = [i for i, r in enumerate(records) if r["gt"] is not None and not r["errors"]]
+    if not usable:
+        return {}, [], 0
+    metrics, per_sample = score(path, [records[i] for i in usable], [lines[i] for i in usable], scorer)
+    return metrics, per_sample, len(usable)
+
+
+def write_evaluation(
+    folder: Path, metrics: Mapping[str, float], per_sample: list[dict[str, Any]], counters: Mapping[str, int]
+) -> Path:
+    """Write ``<folder>/eval/per_sample.jsonl`` then (last) ``eval/metrics.json``; returns the latter."""
+    out = folder / EVAL_DIR
+    write_jsonl(out / PER_SAMPLE_FILE, per_sample)
+    return write_json(out / METRICS_FILE, {"metrics": dict(metrics), "counters": dict(counters)})

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.core.artifacts import (
@@ -44,11 +44,10 @@ from src.core.checkpoint_io import load_checkpoint_file
 from src.core.contracts import PredictCalibrator, check_compatibility
 from src.core.errors import ConfigError, RunStateError
 from src.core.io import STALE_TEMP_S
+from src.core.lifecycle import build
 from src.core.mlflow_client import flatten, tracking_uri
-from src.core.rundir import RunDir
+from src.core.rundir import PREDICTIONS_DIR, RunDir
 
-#: Folder of a run directory that holds one prediction folder per split.
-PREDICTIONS_DIR = "predictions"
 #: Differences named in a refused checkpoint's message (the rest are counted).
 SHOWN_DIFFERENCES = 5
 
@@ -200,16 +199,16 @@ def check_checkpoint_fits(
 # ---- the prediction pass ---------------------------------------------------------------------------
 
 
-def calibrators(group: DictConfig | None) -> list[tuple[str, Any]]:
+def calibrators(cfg: DictConfig) -> list[tuple[str, Any]]:
     """``(config key, callback)`` of the experiment's callbacks that calibrate predictions
     (``PredictCalibrator``), in config order; no other callback is built."""
     found = []
-    for key, node in (group or {}).items():
+    for key, node in (cfg.get("callbacks") or {}).items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
         target = get_object(node._target_)
         if isinstance(target, type) and issubclass(target, PredictCalibrator):
-            found.append((f"callbacks.{key}", instantiate(node)))
+            found.append((f"callbacks.{key}", build(cfg, f"callbacks.{key}", node)))
     return found
 
 
@@ -218,8 +217,9 @@ def predict_outputs(
 ) -> list[dict[str, Any]]:
     """``trainer.predict`` over ``cfg.split`` on one device, the checkpoint (and the calibration
     state stored with it) loaded by Lightning; one output dict per batch."""
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
+    trainer: pl.Trainer = build(
+        cfg,
+        "trainer",
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
@@ -333,7 +333,7 @@ def write_prediction(
     artifacts.update({name: Path(path).relative_to(folder).as_posix() for name, path in exports.items()})
     config = OmegaConf.to_container(cfg, resolve=True)
     resolved = build_resolved_config(
-        model.task, meta["stages"], artifacts, cfg.get("evaluator"), meta["mlflow"], config
+        model.task, meta["stages"], artifacts, cfg.get("evaluator") or model.evaluator, meta["mlflow"], config
     )
     write_json(folder / RESOLVED_CONFIG_FILE, resolved)
     wall = time.perf_counter() - meta["start"]
@@ -358,15 +358,15 @@ def predict(cfg: DictConfig) -> Path:
     run = RunDir(Path(cfg.paths.output_dir))
     ckpt_path = find_checkpoint(run, cfg.get("ckpt"))
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg, "data")
     datamodule.check_settings()
-    model = instantiate(cfg.model)
+    model = build(cfg, "model")
     checkpoint = read_checkpoint(ckpt_path)
     check_checkpoint_fits(model, cfg.model, ckpt_path, checkpoint, recorded_model_config(ckpt_path))
     datamodule.prepare_data()
     datamodule.setup("predict")
     datamodule.check_split(cfg.split)
-    keyed = calibrators(cfg.get("callbacks"))
+    keyed = calibrators(cfg)
     check_compatibility(model, datamodule, keyed)
     outputs = predict_outputs(cfg, model, datamodule, [cb for _, cb in keyed], ckpt_path)
     records = model.predict_records(outputs, cfg.split)

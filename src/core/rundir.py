@@ -30,6 +30,8 @@ from typing import Any
 from src.core.errors import RunStateError
 from src.core.io import write_json_atomic
 
+#: predict.py's folder in a run directory: ``predictions/<split>[-<data fingerprint>]/``.
+PREDICTIONS_DIR = "predictions"
 #: Lightning's name for the checkpoint it writes on SLURM's requeue signal.
 HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
@@ -139,13 +141,16 @@ class RunDir:
             crashed.replace(self.checkpoints / "on_exception.previous.ckpt")
 
     def reset(self) -> None:
-        """Forget a previous run here (``force=true``): checkpoints, metrics and manifest go.
+        """Forget a previous run here (``force=true``): checkpoints, predictions, metrics and manifest go.
 
         The old MLflow run stays in the store; the next start creates a new one. The requeue
         checkpoints go too: on SLURM, Lightning resumes a fit started without a checkpoint from
         the newest of them.
         """
         shutil.rmtree(self.checkpoints, ignore_errors=True)
+        # Records predicted from the old checkpoints must not pass for the new run's (cv.py reuses
+        # a fold's complete prediction folder).
+        shutil.rmtree(self.path / PREDICTIONS_DIR, ignore_errors=True)
         for ckpt in self.hpc_checkpoints():
             ckpt.unlink(missing_ok=True)
         for f in (self.metrics_file, self.manifest_file):

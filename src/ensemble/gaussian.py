@@ -14,15 +14,21 @@ rows its weights never saw (fitted on the other folds), as the classification bl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize
 from scipy.special import softmax
 
+from src.core.artifacts import RECORDS_FILE, read_record_lines, read_resolved_config
 from src.core.errors import DataError
 
 Array = npt.NDArray[np.float64]
+#: Where a record holds the predicted mean, the predicted deviation and the truth.
+GAUSSIAN_FIELDS = (("pred", "mu"), ("pred", "sigma"), ("gt", "mu"))
 
 
 def mixture_moments(weights: Array, mus: Sequence[Array], sigmas: Sequence[Array], floor: float) -> tuple[Array, Array]:
@@ -117,3 +123,111 @@ def nested_gaussian_oof(
         blend = make_blend().fit([m[fit] for m in mus], [s[fit] for s in sigmas], y[fit])
         mu_out[held], sigma_out[held] = blend.predict([m[held] for m in mus], [s[held] for s in sigmas])
     return mu_out, sigma_out
+
+
+# ---- members from cross-validation records ----------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianMember:
+    """One K-fold model's out-of-fold Gaussian predictions, from ``cv.py``'s merged records.
+
+    Attributes:
+        name: Display name.
+        source: The records file (``<member>/oof/gt_vs_pred.jsonl``).
+        sample_ids: ``(n,)`` sample ids (sorted).
+        folds: ``(n,)`` validation fold of each sample.
+        y: ``(n, T)`` true values.
+        mu: ``(n, T)`` predicted means.
+        sigma: ``(n, T)`` predicted standard deviations (same unit).
+        naive: Each record's ``naive`` entry (what the competition scores are normalised by: one
+            per fold, the training labels' mean and deviation), or None.
+        task: The records' task.
+        evaluator: Dotted path of the task's ``score_records``.
+    """
+
+    name: str
+    source: Path
+    sample_ids: npt.NDArray[np.str_]
+    folds: npt.NDArray[np.int64]
+    y: Array
+    mu: Array
+    sigma: Array
+    naive: list[dict[str, float]] | None
+    task: str
+    evaluator: str
+
+
+def load_gaussian_member(path: Path, name: str) -> GaussianMember:
+    """Read a member's merged out-of-fold records with ``pred`` ``{mu, sigma}`` and ``gt`` ``{mu}``.
+
+    Raises:
+        DataError: No records, unlabelled records, records without a fold, or of unequal width.
+    """
+    source = path / "oof" / RECORDS_FILE
+    if not source.is_file():
+        raise DataError(
+            f"member {path} holds no out-of-fold records ({source})",
+            "point members at finished cv.py run directories (outputs/<experiment>/<cv run>)",
+        )
+    resolved = read_resolved_config(source.parent) or {}
+    records, _, _ = read_record_lines(source, strict=True)
+    bad = next((r["sample_id"] for r in records if r.get("gt") is None or "fold" not in r), None)
+    if bad is not None:
+        raise DataError(f"{source}: record {bad!r} has no truth or no fold", "run cv.py for this member again")
+    records = sorted(records, key=lambda r: r["sample_id"])
+    try:
+        mu, sigma, y = (np.asarray([r[a][b] for r in records], dtype=np.float64) for a, b in GAUSSIAN_FIELDS)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{source}: records lack pred.mu/pred.sigma/gt.mu of one width ({exc})", "use μ/σ members"
+        ) from exc
+    return GaussianMember(
+        name=name,
+        source=source,
+        sample_ids=np.asarray([r["sample_id"] for r in records], dtype=str),
+        folds=np.asarray([r["fold"] for r in records], dtype=np.int64),
+        y=y,
+        mu=mu,
+        sigma=sigma,
+        naive=[r["naive"] for r in records] if "naive" in records[0] else None,
+        task=str(resolved.get("task") or ""),
+        evaluator=str(resolved.get("evaluator") or ""),
+    )
+
+
+def check_aligned(members: Sequence[GaussianMember]) -> None:
+    """Members must cover the same samples with the same folds and truth (one dataset, one folds file).
+
+    Raises:
+        DataError: Naming the first member that differs and how.
+    """
+    ref = members[0]
+    for m in members[1:]:
+        if m.task != ref.task or not np.array_equal(m.sample_ids, ref.sample_ids):
+            what = "task" if m.task != ref.task else "samples"
+            raise DataError(
+                f"members {ref.name} and {m.name} differ in their {what}",
+                "blend cross-validations of one task on one dataset (the same folds file)",
+            )
+        if not np.array_equal(m.folds, ref.folds) or not np.allclose(m.y, ref.y):
+            raise DataError(
+                f"members {ref.name} and {m.name} disagree on folds or truth for the same samples",
+                "cross-validate every member on the same data and folds file",
+            )
+
+
+def records_of(member: GaussianMember, mu: Array, sigma: Array) -> list[dict[str, Any]]:
+    """Records (``src.core.artifacts``) of predictions ``(mu, sigma)`` over ``member``'s samples."""
+    return [
+        {
+            "sample_id": str(sid),
+            "split": "val",
+            "fold": int(member.folds[i]),
+            "gt": {"mu": member.y[i].tolist()},
+            "pred": {"mu": mu[i].tolist(), "sigma": sigma[i].tolist()},
+            "errors": [],
+            **({"naive": member.naive[i]} if member.naive else {}),
+        }
+        for i, sid in enumerate(member.sample_ids)
+    ]

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.special import softmax
 
+from src.core.artifacts import RECORDS_FILE, read_record_lines, read_resolved_config
 from src.core.errors import DataError
 from src.core.io import atomic_path, write_json_atomic
 
@@ -54,6 +55,7 @@ class Member:
         classes: Class names by index.
         test_ids: ``(m,)`` test sample ids, or None without a test table.
         test_probs: ``(m, C)`` test probabilities, or None.
+        source: The file the OOF rows were read from (``oof.parquet`` or the records).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Member:
     classes: list[str]
     test_ids: npt.NDArray[np.str_] | None = None
     test_probs: npt.NDArray[np.float64] | None = None
+    source: Path | None = None
 
     @property
     def n_classes(self) -> int:
@@ -135,11 +138,48 @@ def _probabilities(frame: pd.DataFrame, n_classes: int, path: Path) -> npt.NDArr
     return probs / probs.sum(axis=1, keepdims=True)
 
 
+def prob_columns(n_classes: int) -> list[str]:
+    """The probability columns of an OOF table: ``prob_0 .. prob_{C-1}``."""
+    return [f"prob_{c}" for c in range(n_classes)]
+
+
+def table_from_records(path: Path) -> tuple[list[str], pd.DataFrame]:
+    """The OOF table of a cross-validation's merged classification records (``oof/gt_vs_pred.jsonl``,
+    written by ``cv.py`` for any experiment): class names and ``sample_id, fold, label, prob_*``.
+
+    Raises:
+        DataError: The records are not classification records of every fold.
+    """
+    resolved = read_resolved_config(path.parent) or {}
+    if resolved.get("task") != "classification":
+        raise DataError(
+            f"{path} holds {resolved.get('task') or 'unknown'} records, not classification ones",
+            "blend members of one task: classification cv.py runs here",
+        )
+    records, _, _ = read_record_lines(path, strict=True)
+    bad = next((r["sample_id"] for r in records if r.get("gt") is None or "fold" not in r), None)
+    if bad is not None:
+        raise DataError(f"{path}: record {bad!r} has no label or no fold", RERUN_FIX)
+    n_classes = len(records[0]["pred"]["probs"])
+    names = {int(r["gt"]["label"]): str(r["gt"].get("class_name", r["gt"]["label"])) for r in records}
+    classes = [names.get(c, str(c)) for c in range(n_classes)]
+    frame = pd.DataFrame(
+        {
+            "sample_id": [str(r["sample_id"]) for r in records],
+            "fold": [int(r["fold"]) for r in records],
+            "label": [int(r["gt"]["label"]) for r in records],
+        }
+    )
+    probs = pd.DataFrame([r["pred"]["probs"] for r in records], columns=prob_columns(n_classes))
+    return classes, pd.concat([frame, probs], axis=1)
+
+
 def load_member(path: str | Path, name: str | None = None) -> Member:
     """Read and validate one member's ``oof/`` tables.
 
     Args:
-        path: The member's run directory (holding ``oof/oof.parquet`` and ``oof/classes.json``).
+        path: The member's run directory (holding ``oof/oof.parquet`` and ``oof/classes.json``, or
+            the merged records ``oof/gt_vs_pred.jsonl`` that ``cv.py`` writes for any experiment).
         name: Display name; defaults to the directory's name.
 
     Returns:
@@ -160,11 +200,14 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
             "point members at cv.py run directories (outputs/<experiment>/<cv run>) whose folds all "
             "finished, not at a single train.py run; " + RERUN_FIX,
         )
-    classes = _read_classes(oof_dir / CLASSES_FILE)
-    n_classes = len(classes)
-    prob_cols = [f"prob_{c}" for c in range(n_classes)]
     oof_path = oof_dir / OOF_FILE
-    frame = _read_table(oof_path, ["sample_id", "fold", "label", *prob_cols])
+    if not oof_path.is_file() and (oof_dir / RECORDS_FILE).is_file():
+        oof_path = oof_dir / RECORDS_FILE
+        classes, frame = table_from_records(oof_path)
+    else:
+        classes = _read_classes(oof_dir / CLASSES_FILE)
+        frame = _read_table(oof_path, ["sample_id", "fold", "label", *prob_columns(len(classes))])
+    n_classes = len(classes)
     labels = frame["label"].to_numpy()
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= n_classes:
         raise DataError(
@@ -175,7 +218,7 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
     test_ids = test_probs = None
     test_path = oof_dir / TEST_FILE
     if test_path.is_file():
-        test = _read_table(test_path, ["sample_id", *prob_cols])
+        test = _read_table(test_path, ["sample_id", *prob_columns(n_classes)])
         test_ids = test["sample_id"].astype(str).to_numpy()
         test_probs = _probabilities(test, n_classes, test_path)
     return Member(
@@ -188,6 +231,7 @@ def load_member(path: str | Path, name: str | None = None) -> Member:
         classes=classes,
         test_ids=test_ids,
         test_probs=test_probs,
+        source=oof_path,
     )
 
 

@@ -26,10 +26,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import log_loss
 
+from src.core.artifacts import (
+    RECORDS_FILE,
+    RESOLVED_CONFIG_FILE,
+    build_resolved_config,
+    read_resolved_config,
+    write_json,
+    write_records,
+)
 from src.core.errors import ConfigError, DataError
+from src.core.evaluating import import_scorer
 from src.core.io import atomic_path, file_fingerprint, write_text_atomic
 from src.core.lifecycle import RunLifecycle, build
 from src.core.mlflow_client import RunSpec
@@ -38,7 +47,8 @@ from src.ensemble.audit import risk_audit
 from src.ensemble.blends import Blend, SelectMember, log_probs, nested_oof_predict
 from src.ensemble.calibration import CalibrationChain, expected_calibration_error
 from src.ensemble.experts import PairExperts, pair_features
-from src.ensemble.oof import OOF_DIR, OOF_FILE, Member, align_members, load_member, write_oof
+from src.ensemble.gaussian import GaussianMember, check_aligned, load_gaussian_member, nested_gaussian_oof, records_of
+from src.ensemble.oof import OOF_DIR, Member, align_members, load_member, write_oof
 from src.ensemble.report import render_report
 
 log = logging.getLogger("podium")
@@ -129,13 +139,28 @@ def load_groups(csv_path: Path, sample_ids: npt.NDArray[np.str_], column: str) -
     return groups.loc[sample_ids].to_numpy(dtype=str)
 
 
-def load_data(cfg: DictConfig) -> OOFData:
-    """Load, validate and align the configured members (and their groups)."""
+def member_paths(cfg: DictConfig) -> list[Path]:
+    """The configured member directories (relative ones under ``paths.root_dir``).
+
+    Raises:
+        ConfigError: ``members`` is empty.
+    """
     if not cfg.members:
         raise ConfigError(
             "members is empty", "pass members=[outputs/<experiment>/<cv run>,...]: the K-fold runs to blend"
         )
-    paths = [resolve_path(cfg, p) for p in cfg.members]
+    return [resolve_path(cfg, p) for p in cfg.members]
+
+
+def member_task(path: Path) -> str:
+    """The task of a member's out-of-fold records (``oof/resolved_config.json``); members that
+    hold only the classification OOF tables are classification members."""
+    return str((read_resolved_config(path / OOF_DIR) or {}).get("task") or "classification")
+
+
+def load_data(cfg: DictConfig) -> OOFData:
+    """Load, validate and align the configured members (and their groups)."""
+    paths = member_paths(cfg)
     members = align_members([load_member(p, n) for p, n in zip(paths, _unique_names(paths), strict=True)])
     ref = members[0]
     groups = None
@@ -272,6 +297,12 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     finished = lifecycle.begin()
     if finished is not None:
         return finished.get(f"oof/{cfg.select_by}")
+    tasks = {str(p): member_task(p) for p in member_paths(cfg)}
+    if len(set(tasks.values())) > 1:
+        shown = ", ".join(f"{p} ({task})" for p, task in tasks.items())
+        raise ConfigError(f"the members are of different tasks: {shown}", "blend members of one task")
+    if set(tasks.values()) != {"classification"}:
+        return blend_gaussian(cfg, lifecycle)
     # Settings first: a misspelt name fails before members are read and blends fitted.
     check_select_by(cfg.select_by)
     check_blends(cfg)
@@ -286,7 +317,7 @@ def run_ensemble(cfg: DictConfig) -> float | None:
     chosen = final.stages[-1] if final.stages else best
     ranking = rank(rows, cfg.select_by)
     metrics = summarise(cfg, data, ranking, best, chosen, final)
-    fingerprint = file_fingerprint([m.path / OOF_DIR / OOF_FILE for m in data.members])
+    fingerprint = file_fingerprint([m.source for m in data.members])
     lifecycle.start(fingerprint, mlflow=_mlflow_spec(cfg))
     _write_outputs(cfg, lifecycle.run, data, ranking, chosen, final, metrics)
     lifecycle.finish(metrics, mlflow_metrics=_mlflow_metrics(metrics, ranking))
@@ -408,3 +439,57 @@ def _mlflow_metrics(metrics: dict[str, Any], ranking: pd.DataFrame) -> dict[str,
     for row in ranking.to_dict("records"):
         values |= {f"rank/{row['name']}/{k}": v for k, v in row.items() if isinstance(v, float)}
     return values
+
+
+# ---- members that predict a Gaussian per target (Ariel) -------------------------------------------
+
+
+def blend_gaussian(cfg: DictConfig, lifecycle: RunLifecycle) -> float:
+    """Blend μ/σ members (``ensemble.py`` on Ariel cross-validations).
+
+    Every member and the moment-matched mixture (``gaussian.blend``, weights fitted on the other
+    folds' rows) are scored with the task's evaluator on out-of-fold records; the weights fitted
+    on every row are reported. Writes ``ranking.csv`` and the blend's nested out-of-fold records
+    (``oof/gt_vs_pred.jsonl`` with ``resolved_config.json``: ``evaluate.py`` scores them again).
+
+    Returns:
+        The blend's out-of-fold ``gaussian.select_by``.
+    """
+    paths = member_paths(cfg)
+    members = [load_gaussian_member(p, n) for p, n in zip(paths, _unique_names(paths), strict=True)]
+    check_aligned(members)
+    ref = members[0]
+    scorer = import_scorer(ref.evaluator, ref.task, "cross-validate the members again (python cv.py ...)")
+    mus, sigmas = [m.mu for m in members], [m.sigma for m in members]
+    rows = [
+        {"name": f"member:{m.name}", "kind": "member", **scorer(records_of(ref, m.mu, m.sigma))[0]} for m in members
+    ]
+    make = build(cfg, "gaussian.blend")
+    mu, sigma = nested_gaussian_oof(make, mus, sigmas, ref.y, ref.folds)
+    blended = records_of(ref, mu, sigma)
+    rows.append({"name": "blend:gaussian_mixture", "kind": "blend", **scorer(blended)[0]})
+    select = str(cfg.gaussian.select_by)
+    if select not in rows[-1]:
+        raise ConfigError(
+            f"gaussian.select_by={select!r} is not a metric of the records", f"use one of {list(rows[-1])[2:]}"
+        )
+    ranking = pd.DataFrame(rows).sort_values(select, ascending=select == "mae_ppm", kind="stable")
+    weights = make().fit(mus, sigmas, ref.y).weights_
+    metrics: dict[str, Any] = {f"oof/{k}": float(v) for k, v in rows[-1].items() if k not in ("name", "kind")}
+    metrics |= {"weights": dict(zip([m.name for m in members], map(float, weights), strict=True))}
+    metrics |= {"best": ranking["name"].iloc[0], "n_members": len(members), "n_samples": len(ref.y)}
+    lifecycle.start(file_fingerprint([m.source for m in members]), mlflow=_mlflow_spec(cfg))
+    _write_csv(lifecycle.run.path / "ranking.csv", ranking)
+    _write_blend_records(cfg, lifecycle.run, ref, blended)
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    lifecycle.finish(metrics, mlflow_metrics=_mlflow_metrics(numeric, ranking))
+    return metrics[f"oof/{select}"]
+
+
+def _write_blend_records(cfg: DictConfig, run: RunDir, ref: GaussianMember, records: list[dict[str, Any]]) -> None:
+    out = run.path / OOF_DIR
+    write_records(out / RECORDS_FILE, records)
+    artifacts = {"records": RECORDS_FILE, "resolved_config": RESOLVED_CONFIG_FILE}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resolved = build_resolved_config(ref.task, ["ensemble:gaussian_mixture"], artifacts, ref.evaluator, None, config)
+    write_json(out / RESOLVED_CONFIG_FILE, resolved)

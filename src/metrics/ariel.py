@@ -386,22 +386,23 @@ def _check_scorable(records: Sequence[dict[str, Any]], mu: Tensor, sigma: Tensor
         )
 
 
-def _naive(records: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
-    """The records' naive prediction (training-label mean and std); None when they carry none."""
+def _naive_groups(records: Sequence[dict[str, Any]]) -> list[tuple[tuple[float, float] | None, list[int]]]:
+    """Record indices grouped by their naive prediction (training-label mean and std).
+
+    The folds of a cross-validation each have their own (each fold's model was trained and scored
+    against its own training labels), so merged out-of-fold records form one group per fold.
+    ``[(None, every index)]`` when the records carry none.
+    """
     if "naive" not in records[0]:
-        return None
-    pairs = [
-        (
+        return [(None, list(range(len(records))))]
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i in range(len(records)):
+        pair = (
             float(record_field(records, i, "naive.mean", (int, float))),
             float(record_field(records, i, "naive.sigma", (int, float))),
         )
-        for i in range(len(records))
-    ]
-    for i, pair in enumerate(pairs):
-        if pair != pairs[0]:
-            what = f"record {records[i]['sample_id']!r}: naive {pair} differs from the first record's {pairs[0]}"
-            raise RecordError(i, what, "score records of one model (one naive prediction) at a time")
-    return pairs[0]
+        groups.setdefault(pair, []).append(i)
+    return list(groups.items())
 
 
 def _per_planet(records: Sequence[dict[str, Any]], mu: Tensor, sigma: Tensor, y: Tensor) -> list[dict[str, Any]]:
@@ -420,8 +421,10 @@ def score_records(records: Sequence[dict[str, Any]]) -> tuple[dict[str, float], 
     """The Ariel scores of labelled records: ``pred`` ``{"mu", "sigma"}`` against ``gt`` ``{"mu"}``.
 
     Both competition scores need the naive prediction the model was scored against: each record's
-    ``naive`` ``{"mean", "sigma"}`` (``predict.py`` writes it). Records without one get every score
-    but ``score2024`` and ``score2025``.
+    ``naive`` ``{"mean", "sigma"}`` (``predict.py`` writes it). Each record is scored against its
+    own, so the merged out-of-fold records of a cross-validation (one naive per fold) score as the
+    folds' models were scored. Records without one get every score but ``score2024`` and
+    ``score2025``.
 
     Args:
         records: Labelled Ariel records (depths and sigmas as fractions of the stellar flux).
@@ -439,11 +442,13 @@ def score_records(records: Sequence[dict[str, Any]]) -> tuple[dict[str, float], 
         raise RecordError(0, what, "write one value per spectral bin in each field")
     _check_scorable(records, mu, sigma, y)
     metrics = ArielMetrics()
-    naive = _naive(records)
-    if naive is not None:
-        metrics.set_naive(*naive)
-    metrics.update(mu, sigma, y)
-    names = [n for n in ArielMetrics.SCALARS if naive is not None or not n.startswith("score")]
+    groups = _naive_groups(records)
+    for naive, rows in groups:
+        if naive is not None:
+            metrics.set_naive(*naive)  # the scores' states are sums: each group adds its own share
+        metrics.update(mu[rows], sigma[rows], y[rows])
+    scored = groups[0][0] is not None
+    names = [n for n in ArielMetrics.SCALARS if scored or not n.startswith("score")]
     values = {name: float(getattr(metrics, name).compute()) for name in names}
     z_mean, z_std = metrics.z.compute()
     values.update({"z_mean": float(z_mean), "z_std": float(z_std), "samples": float(len(records))})

@@ -24,11 +24,6 @@ def prob_matrix(frame: pd.DataFrame) -> np.ndarray:
     return frame[cols].to_numpy(dtype=np.float64)
 
 
-def oof_accuracy(frame: pd.DataFrame) -> float:
-    """Top-1 accuracy of an out-of-fold table."""
-    return float((prob_matrix(frame).argmax(axis=1) == frame["label"].to_numpy()).mean())
-
-
 def expected_calibration_error(
     probs: npt.NDArray[np.float64], y: npt.NDArray[np.integer], n_bins: int = ECE_BINS
 ) -> float:

@@ -38,6 +38,9 @@ class PodiumModule(pl.LightningModule):
 
     #: The name of the task, written into the prediction artifact (``resolved_config.json``).
     task: str = ""
+    #: Dotted path of the task's ``score_records(records) -> (metrics, per_sample)``, written into
+    #: ``resolved_config.json`` so that ``evaluate.py`` and ``cv.py`` score the records with it.
+    evaluator: str = ""
 
     def __init__(self, nonfinite_loss: str = "raise") -> None:
         super().__init__()

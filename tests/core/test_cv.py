@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -20,12 +21,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from src.core import cv
+from src.core.artifacts import RECORDS_FILE
 from src.core.errors import ConfigError, RunStateError
 from src.core.lifecycle import RunLifecycle
 from src.core.manifest import config_hash
 from src.core.mlflow_store import tracking_uri
 from tests.conftest import CONFIG_DIR, TINY_MODEL, read_metrics
 from tests.core.test_faults import assert_each_step_once, history, killed, run
+from tests.entry_harness import run_entry_point
+from tests.test_experiments import overrides_for
 
 CV_PY = str(Path(__file__).resolve().parents[2] / "cv.py")
 ARGS = ["experiment=digits", *TINY_MODEL, "data.n_folds=3", "trainer.max_epochs=2",
@@ -119,8 +123,9 @@ def run_cv(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_cv_kill_a_fold_then_rerun_skips_finished_and_resumes(root: Path) -> None:
     parent = root / "outputs" / "digits" / "cv"
     step = random.randrange(0, 8)  # fold 1 trains 2 epochs of 4 steps
-    # Fold 1's Trainer is the third the process builds: cv.py builds fold 0's once up front (check_folds).
-    fault = ("--kill-at-step", str(step), "--in-fit", "3")
+    # Fold 1's Trainer is the fourth the process builds: cv.py builds fold 0's once up front
+    # (check_folds), then fold 0 trains and predicts its validation fold (its out-of-fold records).
+    fault = ("--kill-at-step", str(step), "--in-fit", "4")
     out = killed(run(root, *ARGS, faults=fault, entry=CV_PY))
     assert f"SIGKILL at global step {step}" in out.stdout
     assert (parent / "fold_0" / "metrics.json").is_file() and not (parent / "fold_1" / "metrics.json").exists()
@@ -174,3 +179,56 @@ def test_single_fold_jobs_close_the_parent_when_the_last_finishes(root: Path) ->
         assert not (parent / "metrics.json").exists()
     run_cv(root, *args, "cv.folds=[1]")
     assert read_metrics(parent)["oof/samples"] == 1797
+
+
+def test_every_fold_predicts_its_validation_fold_and_the_parent_scores_the_records(
+    cv_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    parent = cv_root / "outputs" / "digits" / "toy"
+    for k in (0, 1):
+        summary = json.loads((parent / f"fold_{k}" / "predictions" / "val" / "summary.json").read_text())
+        assert summary["checkpoint"]["path"] == "checkpoints/last.ckpt" and summary["split"] == "val"
+    records = [json.loads(line) for line in (parent / "oof" / RECORDS_FILE).read_text().splitlines()]
+    assert len(records) == 1797 and len({r["sample_id"] for r in records}) == 1797
+    assert {r["fold"] for r in records} == {0, 1}
+    metrics = read_metrics(parent)
+    accuracy = float(np.mean([r["pred"]["label"] == r["gt"]["label"] for r in records]))
+    assert metrics["oof/acc"] == pytest.approx(accuracy) and metrics["oof/score"] == metrics["oof/acc"]
+    assert {"oof/log_loss", "oof/ece"} <= set(metrics)
+    # The merged records are an artifact like predict.py's: evaluate.py scores a moved copy the same.
+    moved = Path(shutil.copytree(parent / "oof", tmp_path / "moved"))
+    result = run_entry_point("evaluate", [f"path={moved}"], tmp_path, monkeypatch, capfd)
+    assert result.code == 0, result.output[-3000:]
+    written = json.loads((moved / "eval" / "metrics.json").read_text())["metrics"]
+    assert written["acc"] == pytest.approx(metrics["oof/acc"]) and written["ece"] == pytest.approx(metrics["oof/ece"])
+
+
+def test_an_experiment_without_folds_is_refused_before_anything_runs(cv_root: Path) -> None:
+    cfg = compose_cv(["experiment=video_postfilter", "run_name=nofolds"], cv_root)
+    with pytest.raises(ConfigError, match=r"has no folds \(data\.n_folds\)"):
+        cv.run_cv(cfg)
+    assert not (cv_root / "outputs" / "video_postfilter" / "nofolds" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("experiment", "metric"),
+    [("ariel_v50", "score2024"), ("image_folder", "acc")],
+)
+def test_experiments_cross_validate_as_shipped(experiment: str, metric: str, tmp_path: Path) -> None:
+    """A μ/σ experiment and an image folder without an OOF writer: every fold predicts its
+    validation fold and the parent scores the merged records with the task's evaluator."""
+    overrides = [*overrides_for(experiment, tmp_path), "trainer.max_epochs=1", "logger=csv", "run_name=cv"]
+    if experiment == "image_folder":
+        overrides += [*TINY_MODEL, "data.n_folds=2", "+trainer.limit_train_batches=2"]
+    else:
+        overrides += ["callbacks.report=null"]
+    assert cv.run_cv(compose_cv(overrides, tmp_path)) is not None
+    parent = tmp_path / "outputs" / experiment / "cv"
+    metrics = read_metrics(parent)
+    assert metrics["oof/score"] == metrics[f"oof/{metric}"]
+    records = [json.loads(line) for line in (parent / "oof" / RECORDS_FILE).read_text().splitlines()]
+    assert len(records) == metrics["oof/samples"] and {r["fold"] for r in records} == {0, 1}
+    if experiment == "ariel_v50":
+        assert {"oof/score2025", "oof/cov68", "oof/cov95", "oof/gll"} <= set(metrics)
+        assert len(records[0]["pred"]["mu"]) == len(records[0]["pred"]["sigma"]) == 283

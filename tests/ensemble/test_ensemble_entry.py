@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -15,10 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from src.core.artifacts import RECORDS_FILE, RESOLVED_CONFIG_FILE, build_resolved_config, write_json, write_records
 from src.core.errors import ConfigError, DataError, RunStateError
 from src.core.manifest import config_hash
 from src.core.resolvers import PROJECT_ROOT
 from src.ensemble.pipeline import run_ensemble
+from src.metrics.ariel import score_records
 from tests.ensemble.synthetic import write_member
 
 ENSEMBLE_PY = str(PROJECT_ROOT / "ensemble.py")
@@ -143,3 +146,47 @@ def test_ensemble_py_end_to_end(project: Path) -> None:
         a.path for a in client.list_artifacts(mlrun.info.run_id)
     }
     assert f"config hash {manifest['config_hash']}" in (run / "ensemble.log").read_text()
+
+
+def write_gaussian_member(root: Path, name: str, noise: float, sigma: float, seed: int = 0) -> Path:
+    """A cross-validation's merged Ariel-like records: 24 planets x 6 bins over 3 folds, each fold
+    with its own naive prediction (the training labels' mean and deviation)."""
+    rng = np.random.default_rng(seed)
+    truth = np.random.default_rng(99).normal(0.01, 0.001, size=(24, 6))  # the same planets for every member
+    mu = truth + rng.normal(scale=noise, size=truth.shape)
+    records = [
+        {
+            "sample_id": f"{i:04d}", "split": "val", "fold": i % 3, "errors": [], "gt": {"mu": truth[i].tolist()},
+            "pred": {"mu": mu[i].tolist(), "sigma": [sigma] * 6},
+            "naive": {"mean": 0.01 + 1e-4 * (i % 3), "sigma": 0.001},
+        }
+        for i in range(24)
+    ]  # fmt: skip
+    oof = root / "outputs" / "ariel_v50" / name / "oof"
+    write_records(oof / RECORDS_FILE, records)
+    resolved = build_resolved_config("ariel", ["predict", "cv:merge"], {}, "src.metrics.ariel.score_records", None, {})
+    write_json(oof / RESOLVED_CONFIG_FILE, resolved)
+    return oof.parent
+
+
+def test_gaussian_members_are_blended_as_a_mixture_scored_out_of_fold(tmp_path: Path) -> None:
+    write_gaussian_member(tmp_path, "good", noise=1e-4, sigma=1e-4, seed=1)
+    write_gaussian_member(tmp_path, "poor", noise=5e-4, sigma=5e-4, seed=2)
+    members = "members=[outputs/ariel_v50/good,outputs/ariel_v50/poor]"
+    score = run_ensemble(compose_ensemble(tmp_path, members, "run_name=g", "log_mlflow=false"))
+    run = tmp_path / "outputs" / "ensemble" / "g"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert score == metrics["oof/score2024"] and metrics["weights"]["good"] > 0.8
+    ranking = pd.read_csv(run / "ranking.csv").set_index("name")
+    assert set(ranking.index) == {"member:good", "member:poor", "blend:gaussian_mixture"}
+    assert ranking.loc["blend:gaussian_mixture", "score2024"] > ranking.loc["member:poor", "score2024"]
+    # The blend's nested out-of-fold records are an artifact: evaluate.py's scorer gives the same.
+    records = [json.loads(line) for line in (run / "oof" / RECORDS_FILE).read_text().splitlines()]
+    assert score_records(records)[0]["score2024"] == pytest.approx(score)
+
+
+def test_members_of_different_tasks_are_refused(project: Path, tmp_path: Path) -> None:
+    write_gaussian_member(project, "ariel", noise=1e-4, sigma=1e-4)
+    cfg = compose_ensemble(project, "members=[outputs/digits/cv_a,outputs/ariel_v50/ariel]", "log_mlflow=false")
+    with pytest.raises(ConfigError, match=r"different tasks: .*cv_a \(classification\).*ariel \(ariel\)"):
+        run_ensemble(cfg)

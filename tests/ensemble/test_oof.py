@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy.special import softmax
 
+from src.core.artifacts import RECORDS_FILE, RESOLVED_CONFIG_FILE, build_resolved_config, write_json, write_records
 from src.core.errors import DataError
 from src.ensemble.oof import align_members, load_member, write_oof
 from tests.ensemble.synthetic import write_member
@@ -112,3 +113,28 @@ def test_a_member_without_test_table_drops_test_predictions(tmp_path: Path) -> N
     (tmp_path / "b" / "oof" / "test.parquet").unlink()
     aligned = align_members([a, load_member(tmp_path / "b")])
     assert all(m.test_probs is None for m in aligned)
+
+
+def test_a_member_of_any_classification_experiment_loads_from_its_cv_records(tmp_path: Path) -> None:
+    """cv.py writes oof/gt_vs_pred.jsonl for every experiment; a member without the OOF tables
+    (no OOF writer callback, e.g. image_folder) is read from those records."""
+    probs = softmax(np.random.default_rng(0).normal(size=(9, 3)), axis=1)
+    names = ["apple", "kiwi", "pear"]
+    records = [
+        {
+            "sample_id": f"img_{i}", "split": "val", "fold": i % 3, "errors": [],
+            "gt": {"label": i % 3, "class_name": names[i % 3]},
+            "pred": {"label": int(probs[i].argmax()), "probs": probs[i].tolist()},
+        }
+        for i in range(9)
+    ]  # fmt: skip
+    oof = tmp_path / "fruits_cv" / "oof"
+    write_records(oof / RECORDS_FILE, records)
+    write_json(oof / RESOLVED_CONFIG_FILE, build_resolved_config("classification", ["cv:merge"], {}, None, None, {}))
+    member = load_member(tmp_path / "fruits_cv")
+    assert member.classes == names and member.source == oof / RECORDS_FILE
+    assert member.sample_ids.tolist() == [f"img_{i}" for i in range(9)] and member.folds.tolist() == [0, 1, 2] * 3
+    assert np.allclose(member.probs, probs, atol=1e-8) and member.labels.tolist() == [0, 1, 2] * 3
+    write_json(oof / RESOLVED_CONFIG_FILE, build_resolved_config("ariel", ["cv:merge"], {}, None, None, {}))
+    with pytest.raises(DataError, match="holds ariel records, not classification ones"):
+        load_member(tmp_path / "fruits_cv")

@@ -112,3 +112,30 @@ def test_mae_coverage_and_z_moments() -> None:
     g = MeanGLL()
     g.update(mu, sigma, y)
     assert float(g.compute()) == pytest.approx(sum(gll(float(v), 0.0, 1e-4) for v in y[0]) / 4)
+
+
+def test_records_of_several_folds_are_each_scored_against_their_own_naive_prediction() -> None:
+    from src.metrics.ariel import ArielScore2024, ArielScore2025, score_records
+
+    g = torch.Generator().manual_seed(0)
+    y = 0.01 + 0.002 * torch.rand(6, 5, generator=g, dtype=torch.float64)
+    mu = y + 1e-4 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    sigma = torch.full_like(y, 2e-4)
+    naive = [(0.011, 0.0008)] * 3 + [(0.0105, 0.0011)] * 3  # two folds, two training-label statistics
+    records = [
+        {
+            "sample_id": str(i), "split": "val", "errors": [], "gt": {"mu": y[i].tolist()},
+            "pred": {"mu": mu[i].tolist(), "sigma": sigma[i].tolist()},
+            "naive": {"mean": naive[i][0], "sigma": naive[i][1]},
+        }
+        for i in range(6)
+    ]  # fmt: skip
+    metrics, per_planet = score_records(records)
+    for name, metric in (("score2024", ArielScore2024()), ("score2025", ArielScore2025())):
+        for rows in (slice(0, 3), slice(3, 6)):  # what the two folds' models were scored with
+            metric.set_naive(*naive[rows.start])
+            metric.update(mu[rows], sigma[rows], y[rows])
+        assert metrics[name] == pytest.approx(float(metric.compute()), rel=1e-12), name
+    assert len(per_planet) == 6
+    one_naive = [{**r, "naive": {"mean": 0.011, "sigma": 0.0008}} for r in records]
+    assert score_records(one_naive)[0]["score2024"] != pytest.approx(metrics["score2024"])

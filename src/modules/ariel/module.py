@@ -61,6 +61,7 @@ class ArielRegressor(PodiumModule):
     """
 
     task = "ariel"
+    evaluator = "src.metrics.ariel.score_records"
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class ImageClassifier(PodiumModule):
     """
 
     task = "classification"
+    evaluator = "src.metrics.classification.score_records"
 
     def __init__(
         self,

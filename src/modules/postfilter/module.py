@@ -48,6 +48,7 @@ class PostFilterModule(PodiumModule):
     """
 
     task = "postfilter"
+    evaluator = "src.metrics.video.score_records"
 
     def __init__(
         self,
