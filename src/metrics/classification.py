@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from src.core.artifacts import RecordError, record_field
 
@@ -16,12 +15,6 @@ from src.core.artifacts import RecordError, record_field
 ECE_BINS = 15
 #: Smallest probability a log-loss term takes (a predicted 0 would give an infinite loss).
 LOG_LOSS_EPS = 1e-15
-
-
-def prob_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """The ``(samples, classes)`` probability matrix of a prediction table."""
-    cols = sorted((c for c in frame.columns if c.startswith("prob_")), key=lambda c: int(c.split("_")[1]))
-    return frame[cols].to_numpy(dtype=np.float64)
 
 
 def expected_calibration_error(
