@@ -1,5 +1,5 @@
-"""Scores of classification predictions: out-of-fold tables (``label`` and ``prob_*`` columns) and
-the records of ``gt_vs_pred.jsonl`` (``evaluate.py``)."""
+"""Scores of classification predictions: the records of ``gt_vs_pred.jsonl`` (``evaluate.py``,
+the out-of-fold records of ``cv.py``) and the expected calibration error."""
 
 from __future__ import annotations
 
