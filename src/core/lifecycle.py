@@ -357,7 +357,7 @@ class RunLifecycle:
 
         ``force=true`` forgets the previous run here first. Then: leftover temporaries of killed
         writes go, a crash's exception checkpoint is set aside on a fresh start, the MLflow run is
-        opened (the manifest's on resume, else a new one), ``config.yaml`` and ``manifest.json``
+        opened (the one the manifest records, else a new one), ``config.yaml`` and ``manifest.json``
         are written (on resume, the manifest gains a ``resumes`` entry) and the params logged.
 
         Args:
@@ -374,7 +374,10 @@ class RunLifecycle:
         sweep_temp_files(self.run.path)  # a killed process leaves the temporaries of its writes
         if resume is None:
             self.run.set_aside_exception_checkpoint()
-        recorded = self.run.manifest() if resume is not None else {}
+        # The manifest's MLflow run also serves a start killed before its first checkpoint (a fresh
+        # start of the same config): its history continues, each (metric, step) logged once.
+        # force=true has removed the manifest above, so it gets a new run.
+        recorded = self.run.manifest()
         self.mlflow = mlflow.open(self.run.path, recorded.get("mlflow_run_id")) if mlflow is not None else None
         run_id = self.mlflow.run_id if self.mlflow is not None else None
         write_text_atomic(self.run.config_file, OmegaConf.to_yaml(self.cfg, resolve=True))
