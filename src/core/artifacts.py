@@ -227,6 +227,29 @@ def write_json(path: str | Path, obj: Mapping[str, Any]) -> Path:
 # ---- reading ------------------------------------------------------------------------------------
 
 
+def write_artifact(
+    folder: Path,
+    records: Sequence[Mapping[str, Any]],
+    resolved: Mapping[str, Any],
+    summary: Mapping[str, Any] | None = None,
+    digits: int = FLOAT_DIGITS,
+) -> None:
+    """Write an artifact folder: ``gt_vs_pred.jsonl``, ``resolved_config.json`` and (last, so its
+    presence marks the folder complete) ``summary.json`` when given.
+
+    Args:
+        folder: The folder (``predictions/<split>``, a cross-validation's or an ensemble's ``oof``).
+        records: The records.
+        resolved: :func:`build_resolved_config`'s content.
+        summary: :func:`build_summary`'s content, or None.
+        digits: Significant digits of the records' floats.
+    """
+    write_records(folder / RECORDS_FILE, records, digits)
+    write_json(folder / RESOLVED_CONFIG_FILE, resolved)
+    if summary is not None:
+        write_json(folder / SUMMARY_FILE, summary)
+
+
 def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 

@@ -26,6 +26,7 @@ import contextlib
 import copy
 import fcntl
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,7 @@ from src.core.artifacts import (
     read_record_lines,
     read_resolved_config,
     record_counts,
-    write_json,
-    write_records,
+    write_artifact,
 )
 from src.core.contracts import TaskModule
 from src.core.errors import ConfigError, DataError
@@ -233,21 +233,16 @@ def merge_records(cfg: DictConfig, parent: RunDir, n_folds: int) -> dict[str, An
         records, _, _ = read_record_lines(fold_records(parent, k) / RECORDS_FILE, strict=True)
         resolved = resolved or read_resolved_config(fold_records(parent, k)) or {}
         rows.extend({**r, "fold": k} for r in records)
-    seen: set[str] = set()
-    for r in rows:
-        if r["sample_id"] in seen:
-            raise DataError(
-                f"sample {r['sample_id']!r} is in the validation fold of two folds", "rewrite the folds file"
-            )
-        seen.add(r["sample_id"])
+    twice = [sid for sid, n in Counter(r["sample_id"] for r in rows).items() if n > 1]
+    if twice:
+        raise DataError(f"sample {twice[0]!r} is in the validation fold of two folds", "rewrite the folds file")
     out = parent.path / OOF_DIR
-    write_records(out / RECORDS_FILE, rows)
     task, evaluator = resolved.get("task", ""), resolved.get("evaluator") or ""
     artifacts = {"records": RECORDS_FILE, "summary": SUMMARY_FILE, "resolved_config": RESOLVED_CONFIG_FILE}
     stages = [*resolved.get("stages", []), "cv:merge"]
     config = OmegaConf.to_container(cfg, resolve=True)
-    write_json(out / RESOLVED_CONFIG_FILE, build_resolved_config(task, stages, artifacts, evaluator, None, config))
-    write_json(out / SUMMARY_FILE, build_summary(rows, task, {"requested": cfg.cv.ckpt}, 0.0, folds=n_folds))
+    summary = build_summary(rows, task, {"requested": cfg.cv.ckpt}, 0.0, folds=n_folds)
+    write_artifact(out, rows, build_resolved_config(task, stages, artifacts, evaluator, None, config), summary)
     scorer = import_scorer(evaluator, task, "predict the folds again (delete fold_*/predictions)")
     lines = list(range(1, len(rows) + 1))
     metrics, per_sample, scored = score_usable(out / RECORDS_FILE, rows, lines, scorer)

@@ -37,8 +37,7 @@ from src.core.artifacts import (
     SUMMARY_FILE,
     build_resolved_config,
     build_summary,
-    write_json,
-    write_records,
+    write_artifact,
 )
 from src.core.checkpoint_io import load_checkpoint_file
 from src.core.contracts import PredictCalibrator, check_compatibility
@@ -328,16 +327,15 @@ def write_prediction(
         Artifact name -> path relative to the folder.
     """
     exports = model.export_predictions(records, folder, keep_frames=bool(cfg.get("keep_frames", False)))
-    write_records(folder / RECORDS_FILE, records, int(cfg.get("float_digits", FLOAT_DIGITS)))
     artifacts = {"records": RECORDS_FILE, "summary": SUMMARY_FILE, "resolved_config": RESOLVED_CONFIG_FILE}
     artifacts.update({name: Path(path).relative_to(folder).as_posix() for name, path in exports.items()})
     config = OmegaConf.to_container(cfg, resolve=True)
     resolved = build_resolved_config(
         model.task, meta["stages"], artifacts, cfg.get("evaluator") or model.evaluator, meta["mlflow"], config
     )
-    write_json(folder / RESOLVED_CONFIG_FILE, resolved)
     wall = time.perf_counter() - meta["start"]
-    write_json(folder / SUMMARY_FILE, build_summary(records, model.task, meta["checkpoint"], wall, **meta["extra"]))
+    summary = build_summary(records, model.task, meta["checkpoint"], wall, **meta["extra"])
+    write_artifact(folder, records, resolved, summary, int(cfg.get("float_digits", FLOAT_DIGITS)))
     return artifacts
 
 

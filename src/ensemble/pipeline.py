@@ -34,8 +34,7 @@ from src.core.artifacts import (
     RESOLVED_CONFIG_FILE,
     build_resolved_config,
     read_resolved_config,
-    write_json,
-    write_records,
+    write_artifact,
 )
 from src.core.errors import ConfigError, DataError
 from src.core.evaluating import import_scorer
@@ -488,8 +487,7 @@ def blend_gaussian(cfg: DictConfig, lifecycle: RunLifecycle) -> float:
 
 def _write_blend_records(cfg: DictConfig, run: RunDir, ref: GaussianMember, records: list[dict[str, Any]]) -> None:
     out = run.path / OOF_DIR
-    write_records(out / RECORDS_FILE, records)
     artifacts = {"records": RECORDS_FILE, "resolved_config": RESOLVED_CONFIG_FILE}
     config = OmegaConf.to_container(cfg, resolve=True)
     resolved = build_resolved_config(ref.task, ["ensemble:gaussian_mixture"], artifacts, ref.evaluator, None, config)
-    write_json(out / RESOLVED_CONFIG_FILE, resolved)
+    write_artifact(out, records, resolved)
