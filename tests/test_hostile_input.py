@@ -275,6 +275,12 @@ CASES: dict[str, Case] = {
         lambda ws: [DIGITS, f"data.root={ws.root / 'nowhere'}", "data.prepare=null", "logger=csv"],
         ("missing data file <root>/nowhere/train.csv", FIX),
     ),
+    "cv-data-without-folds": Case(
+        "cv", fixed("experiment=video_postfilter"), ("has no folds (data.n_folds)", "python train.py", FIX)
+    ),
+    "cv-unknown-fold-checkpoint": Case(
+        "cv", fixed(DIGITS, "cv.ckpt=newest"), ("cv.ckpt='newest' is not a fold checkpoint", "cv.ckpt=last")
+    ),
     # ---- ensemble.py ----------------------------------------------------------------------------
     "ensemble-no-members": Case("ensemble", fixed(), ("members is empty", "members=[outputs/<experiment>/<cv run>")),
     "ensemble-missing-member": Case(
