@@ -83,7 +83,8 @@ def fold_list(cfg: DictConfig) -> list[int]:
         raise ConfigError(
             f"{cfg.experiment_name}: its datamodule ({cfg.data.get('_target_')}) has no folds (data.n_folds), "
             "so there is nothing to cross-validate",
-            "train it with python train.py, or cross-validate an experiment whose data has folds",
+            "pass data.n_folds=<K> where the datamodule supports it (video: K blocks in time), or train "
+            "it with python train.py",
         )
     n_folds = int(cfg.data.n_folds)
     folds = list(range(n_folds)) if cfg.cv.folds is None else [int(k) for k in cfg.cv.folds]

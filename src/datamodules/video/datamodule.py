@@ -23,7 +23,7 @@ from src.datamodules.seeding import SeededDistributedSampler
 from src.datamodules.video.cache import EncodedVideo, RoundTripCache, settings_hash
 from src.datamodules.video.codec import COLORS, CodecSettings, SourceVideo, decode, frames_array, read_source
 from src.datamodules.video.sources import file_sha256, resolve_source
-from src.datamodules.video.split import check_shares, time_split
+from src.datamodules.video.split import check_shares, fold_blocks, time_split
 
 #: Sample id of a frame in prediction records: its index in the clip.
 FRAME_ID = "frame_{:05d}"
@@ -96,6 +96,9 @@ class VideoPairDataModule(PodiumDataModule):
         color: ``rgb`` or ``yuv`` (4:4:4): the space the filter sees and metrics are taken in.
         split: Shares of the (train, val, test) time blocks.
         gap: Frames left out between blocks.
+        n_folds: None: train/val/test blocks in time order. K: cross-validation over K contiguous
+            blocks of the frames before the test block (``fold`` validates on block ``fold``).
+        fold: The validation block of a K-fold split.
         patch_size: Side of training crops in pixels.
         patch_align: Crop corners on multiples of this many pixels.
         patches_per_epoch: Training crops per epoch (all processes together).
@@ -114,6 +117,8 @@ class VideoPairDataModule(PodiumDataModule):
         color: str = "rgb",
         split: Sequence[float] = (0.7, 0.15, 0.15),
         gap: int = 2,
+        n_folds: int | None = None,
+        fold: int = 0,
         patch_size: int = 64,
         patch_align: int = 8,
         patches_per_epoch: int = 1024,
@@ -132,6 +137,11 @@ class VideoPairDataModule(PodiumDataModule):
                 "all three must be positive integers",
             )
         check_shares(split, gap)  # the block sizes are checked once the video's length is known
+        if n_folds is not None and (n_folds < 2 or not 0 <= fold < n_folds):
+            raise ConfigError(
+                f"data.n_folds={n_folds}, data.fold={fold}: need at least 2 folds and a fold in 0..n_folds-1",
+                "pass data.n_folds=<K >= 2> and data.fold=<0..K-1>, or data.n_folds=null for the time split",
+            )
         self.save_hyperparameters(logger=False, ignore=["codec"])
         self.codec = codec if codec is not None else CodecSettings()
         self.source_path = resolve_source(source)
@@ -199,6 +209,8 @@ class VideoPairDataModule(PodiumDataModule):
         self.decoded = self.decoded_frames()
         self.encoded = self.encode()
         self.blocks = time_split(len(self.original), hp.split, hp.gap)
+        if hp.get("n_folds"):
+            self.blocks = fold_blocks(self.blocks, hp.n_folds, hp.fold, hp.gap)
 
     def dataset(self, split: str) -> Dataset:
         """The training patches or the whole frames of a block."""

@@ -2,7 +2,9 @@
 
 Neighbouring frames of a video are near-duplicates, so a random split would score a post-filter
 on frames it has practically seen. The blocks come in time order (train, then val, then test:
-the test block is the latest footage) with ``gap`` unused frames between them.
+the test block is the latest footage) with ``gap`` unused frames between them. For
+cross-validation (:func:`fold_blocks`) the frames before the test block are cut into K contiguous
+blocks; fold k validates on block k and trains on the others, ``gap`` frames away from it.
 """
 
 from __future__ import annotations
@@ -70,3 +72,33 @@ def time_split(n_frames: int, fractions: Sequence[float], gap: int = 0) -> dict[
         blocks[name] = range(start, start + size)
         start += size + gap
     return blocks
+
+
+def fold_blocks(blocks: dict[str, range], n_folds: int, fold: int, gap: int = 0) -> dict[str, Sequence[int]]:
+    """The blocks of fold ``fold`` of a K-fold split over time (the test block unchanged).
+
+    Args:
+        blocks: :func:`time_split`'s blocks.
+        n_folds: Contiguous validation blocks the frames before the test block are cut into.
+        fold: The block validated on.
+        gap: Frames left out on each side of the validation block.
+
+    Returns:
+        ``{"train": frames, "val": range, "test": range}``.
+
+    Raises:
+        ConfigError: ``fold`` out of range, or a block that would be empty.
+    """
+    if not 0 <= fold < n_folds:
+        raise ConfigError(f"data.fold={fold} is outside 0..{n_folds - 1}", f"pass data.fold=<0..{n_folds - 1}>")
+    pool = range(0, max(0, blocks["test"].start - gap))
+    edges = [round(i * len(pool) / n_folds) for i in range(n_folds + 1)]
+    val = range(edges[fold], edges[fold + 1])
+    train = [t for t in pool if t < val.start - gap or t >= val.stop + gap]
+    if not val or not train:
+        raise ConfigError(
+            f"{len(pool)} frames before the test block cut into data.n_folds={n_folds} blocks (gap {gap}) leave "
+            f"fold {fold} {len(train)} training and {len(val)} validation frames",
+            "use fewer folds, a smaller data.gap or a longer video",
+        )
+    return {"train": train, "val": val, "test": blocks["test"]}

@@ -13,7 +13,7 @@ from src.core.errors import ConfigError, DataError
 from src.datamodules.video.cache import RoundTripCache
 from src.datamodules.video.codec import CodecSettings, decode, encode, frames_array, read_source, to_rgb
 from src.datamodules.video.sources import bundled_clip
-from src.datamodules.video.split import time_split
+from src.datamodules.video.split import fold_blocks, time_split
 from src.metrics.video import distortion
 from tests.video_support import CODEC, one_thread, toy_datamodule  # noqa: F401
 
@@ -155,3 +155,21 @@ def test_other_codecs_round_trip(tmp_path: Path, name: str, crf: int, preset: st
     original = torch.from_numpy(frames_array(source.frames, "rgb"))
     assert decoded.shape == original.shape == (12, 3, 144, 176)
     assert 25.0 < distortion(decoded, original)["psnr"].mean() < 40.0
+
+
+def test_time_folds_validate_on_contiguous_blocks_away_from_training_frames() -> None:
+    blocks = time_split(120, [0.7, 0.15, 0.15], gap=2)
+    vals = []
+    for k in range(3):
+        fold = fold_blocks(blocks, 3, k, gap=2)
+        assert fold["test"] == blocks["test"]
+        val, train = list(fold["val"]), fold["train"]
+        assert val == list(range(val[0], val[-1] + 1))  # one contiguous block
+        assert min(abs(t - v) for t in train for v in val) > 2  # gap frames left out on both sides
+        assert max(train) < blocks["test"].start - 2 and not set(train) & set(val)
+        vals += val
+    assert sorted(vals) == list(range(blocks["test"].start - 2))  # every frame before the test block validated once
+    with pytest.raises(ConfigError, match="data.fold=3 is outside 0..2"):
+        fold_blocks(blocks, 3, 3, gap=2)
+    with pytest.raises(ConfigError, match="leave fold 1 .* and 0 validation frames"):
+        fold_blocks(time_split(12, [0.5, 0.25, 0.25]), 12, 1, gap=2)
