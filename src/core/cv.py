@@ -208,10 +208,12 @@ def fold_records(parent: RunDir, k: int) -> Path:
     return fold_dir(parent, k) / PREDICTIONS_DIR / "val"
 
 
-@rank_zero_only
 def predict_fold(cfg: DictConfig, parent: RunDir, k: int) -> None:
     """Fold ``k``'s out-of-fold records: its validation fold predicted by ``predict.py``'s job with
-    the fold's ``cv.ckpt`` checkpoint. Done once; a rerun finds the folder complete."""
+    the fold's ``cv.ckpt`` checkpoint. Done once; a rerun finds the folder complete.
+
+    Every process of a distributed job calls it (Lightning synchronises the processes inside the
+    predict loop, even on one device each); rank zero writes the folder."""
     if (fold_records(parent, k) / SUMMARY_FILE).is_file():
         return
     child = fold_config(cfg, parent, k, None)
@@ -273,8 +275,6 @@ def merge_folds(cfg: DictConfig, parent: RunDir) -> dict[str, Any]:
         ``oof/samples``.
     """
     n_folds = int(cfg.data.n_folds)
-    for k in range(n_folds):
-        predict_fold(cfg, parent, k)  # a fold trained by a job that ended before predicting it
     metrics = {**_summary(parent, n_folds), **merge_records(cfg, parent, n_folds)}
     if (fold_dir(parent, 0) / OOF_DIR / "val.parquet").is_file():
         merge_tables(parent, n_folds)
@@ -341,5 +341,7 @@ def run_cv(cfg: DictConfig) -> float | None:
             f"podium: folds {missing} of {parent.run.path} are not finished yet; the parent closes then"
         )
         return None
+    for k in range(n_folds):
+        predict_fold(cfg, parent.run, k)  # a fold trained by a job that ended before predicting it
     metrics = close_parent(cfg, parent) or {}
     return metrics.get("oof/score")

@@ -45,6 +45,7 @@ from src.core.errors import ConfigError, RunStateError
 from src.core.io import STALE_TEMP_S
 from src.core.lifecycle import build
 from src.core.mlflow_client import flatten, tracking_uri
+from src.core.ranks import process_rank
 from src.core.rundir import PREDICTIONS_DIR, RunDir
 
 #: Differences named in a refused checkpoint's message (the rest are counted).
@@ -371,6 +372,10 @@ def predict(cfg: DictConfig) -> Path:
     check_sample_ids(records, datamodule.sample_ids(cfg.split), model)
     fingerprint = datamodule.fingerprint()
     folder = prediction_folder(run, cfg.split, fingerprint)
+    if process_rank() != 0:
+        # One of several processes of a distributed job (cv.py's folds under DDP): they predict in
+        # step, because Lightning's predict loop synchronises every process; rank zero writes.
+        return folder
     meta = {
         "start": start,
         "stages": ["predict", *(f"calibrate:{key}" for key, _ in keyed), "export"],

@@ -321,14 +321,20 @@ class ArielMetrics(nn.Module):
     #: Single-valued metrics, logged as ``<split>/<name>``.
     SCALARS = ("score2024", "score2025", "gll", "mae_ppm", "cov68", "cov95")
 
-    def __init__(self) -> None:
+    def __init__(self, sync: bool = True) -> None:
+        """Args:
+        sync: Synchronise the states of every process on ``compute`` (torchmetrics' default, for
+            metrics logged during training); False for scores of local arrays (``score_records``),
+            which must not wait for processes that are not scoring.
+        """
         super().__init__()
-        self.score2024, self.score2025 = ArielScore2024(), ArielScore2025()
-        self.gll, self.mae_ppm = MeanGLL(), MAEppm()
-        self.cov68, self.cov95 = IntervalCoverage(0.68), IntervalCoverage(0.95)
-        self.z = ZScoreMoments()
+        kw = {"sync_on_compute": sync}
+        self.score2024, self.score2025 = ArielScore2024(**kw), ArielScore2025(**kw)
+        self.gll, self.mae_ppm = MeanGLL(**kw), MAEppm(**kw)
+        self.cov68, self.cov95 = IntervalCoverage(0.68, **kw), IntervalCoverage(0.95, **kw)
+        self.z = ZScoreMoments(**kw)
         # Planets seen, summed over processes: proves a DDP run validates every planet once.
-        self.samples = SumMetric()
+        self.samples = SumMetric(**kw)
 
     def set_naive(self, mean: float, sigma: float) -> None:
         self.score2024.set_naive(mean, sigma)
@@ -441,7 +447,7 @@ def score_records(records: Sequence[dict[str, Any]]) -> tuple[dict[str, float], 
         what = f"pred.mu {tuple(mu.shape)}, pred.sigma {tuple(sigma.shape)} and gt.mu {tuple(y.shape)} differ in width"
         raise RecordError(0, what, "write one value per spectral bin in each field")
     _check_scorable(records, mu, sigma, y)
-    metrics = ArielMetrics()
+    metrics = ArielMetrics(sync=False)
     groups = _naive_groups(records)
     for naive, rows in groups:
         if naive is not None:

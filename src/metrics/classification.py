@@ -20,7 +20,8 @@ LOG_LOSS_EPS = 1e-15
 def expected_calibration_error(
     probs: npt.NDArray[np.float64], y: npt.NDArray[np.integer], n_bins: int = ECE_BINS
 ) -> float:
-    """Top-label expected calibration error (L1), via torchmetrics' ``MulticlassCalibrationError``.
+    """Top-label expected calibration error (L1), via torchmetrics' ``multiclass_calibration_error``
+    (the functional form: a scorer of local arrays never synchronises with other processes).
 
     Args:
         probs: ``(n, C)`` probabilities.
@@ -31,11 +32,11 @@ def expected_calibration_error(
         ECE in [0, 1]: the bin-weighted mean of |accuracy - confidence|.
     """
     import torch
-    from torchmetrics.classification import MulticlassCalibrationError
+    from torchmetrics.functional.classification import multiclass_calibration_error
 
-    metric = MulticlassCalibrationError(num_classes=probs.shape[1], n_bins=n_bins, norm="l1")
-    metric.update(torch.as_tensor(np.asarray(probs), dtype=torch.float64), torch.as_tensor(np.asarray(y)))
-    return float(metric.compute())
+    preds = torch.as_tensor(np.asarray(probs), dtype=torch.float64)
+    target = torch.as_tensor(np.asarray(y))
+    return float(multiclass_calibration_error(preds, target, num_classes=probs.shape[1], n_bins=n_bins, norm="l1"))
 
 
 def _arrays(records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

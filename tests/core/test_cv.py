@@ -232,3 +232,19 @@ def test_experiments_cross_validate_as_shipped(experiment: str, metric: str, tmp
     if experiment == "ariel_v50":
         assert {"oof/score2025", "oof/cov68", "oof/cov95", "oof/gll"} <= set(metrics)
         assert len(records[0]["pred"]["mu"]) == len(records[0]["pred"]["sigma"]) == 283
+
+
+@pytest.mark.slow
+def test_cross_validation_under_ddp_predicts_every_fold_in_step(root: Path) -> None:
+    """Two processes per fold: both predict each fold's validation records (Lightning's predict
+    loop synchronises them), rank zero writes them and merges the parent alone (its scorers do not
+    wait for the other process)."""
+    args = ["experiment=digits", *TINY_MODEL, "data.n_folds=2", "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2", "trainer=ddp_sim", "logger=csv", "run_name=ddp"]  # fmt: skip
+    env = {**os.environ, "PODIUM_ROOT": str(root)}
+    proc = subprocess.run([sys.executable, CV_PY, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    parent = root / "outputs" / "digits" / "ddp"
+    metrics = read_metrics(parent)
+    assert metrics["oof/samples"] == 1797 and metrics["oof/score"] == metrics["oof/acc"]
+    assert sorted(p.name for p in parent.glob("fold_*/predictions/val")) == ["val", "val"]
