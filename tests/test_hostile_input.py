@@ -481,10 +481,10 @@ def _process_state() -> tuple:
 
 def test_harness_restores_process_state(run, root: Path) -> None:
     """A command run in-process leaves logging, Hydra, cwd, warning filters and env as they were."""
-    before = _process_state()
+    before, hydra_was_set = _process_state(), HydraConfig.initialized()  # set by an earlier compose_cfg
     result = run("train", ["experiment=digits", "data.fold=9"])
     assert result.code == 2 and "data.fold=9" in result.err
     assert _process_state() == before
-    assert not HydraConfig.initialized()
+    assert HydraConfig.initialized() == hydra_was_set
     run_logs = [h for h in logging.getLogger().handlers if str(root) in getattr(h, "baseFilename", "")]
     assert not run_logs  # Hydra's per-run log file is closed and detached
