@@ -9,7 +9,8 @@ import pytest
 from hydra.utils import instantiate
 
 from src.core.config import available
-from src.core.training import instantiate_group, train
+from src.core.lifecycle import build_group
+from src.core.training import train
 from tests.conftest import compose_cfg, read_metrics
 from tests.datamodules.images.test_layout import make_fruit_set
 
@@ -48,8 +49,8 @@ def test_experiment_composes_and_instantiates(name: str, root: Path) -> None:
     assert cfg.paths.output_dir.startswith(str(root / "outputs" / name))
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.callbacks)
-    loggers = instantiate_group(cfg.logger)
+    callbacks = list(build_group(cfg, "callbacks").values())
+    loggers = list(build_group(cfg, "logger").values())
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert datamodule is not None and sum(p.numel() for p in model.parameters()) > 0
     assert trainer.max_epochs == cfg.trainer.max_epochs

@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
@@ -23,18 +22,6 @@ from src.core.mlflow_store import PodiumMLFlowLogger
 from src.core.rundir import RunDir
 
 log = logging.getLogger("podium")
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config group node that has a ``_target_`` (others are settings).
-
-    Jobs build their groups with :func:`src.core.lifecycle.build_group`, which names the config
-    key of a node that fails; this is for callers holding only the group node.
-    """
-    if not group:
-        return []
-    nodes = [n for n in group.values() if isinstance(n, DictConfig) and "_target_" in n]
-    return [instantiate(node) for node in nodes]
 
 
 def load_initial_weights(cfg: DictConfig, model: pl.LightningModule) -> None:

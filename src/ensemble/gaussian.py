@@ -23,8 +23,9 @@ import numpy.typing as npt
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from src.core.artifacts import RECORDS_FILE, read_record_lines, read_resolved_config
+from src.core.artifacts import RECORDS_FILE, read_resolved_config
 from src.core.errors import DataError
+from src.ensemble.oof import read_cv_records
 
 Array = npt.NDArray[np.float64]
 #: Where a record holds the predicted mean, the predicted deviation and the truth.
@@ -171,11 +172,7 @@ def load_gaussian_member(path: Path, name: str) -> GaussianMember:
             "point members at finished cv.py run directories (outputs/<experiment>/<cv run>)",
         )
     resolved = read_resolved_config(source.parent) or {}
-    records, _, _ = read_record_lines(source, strict=True)
-    bad = next((r["sample_id"] for r in records if r.get("gt") is None or "fold" not in r), None)
-    if bad is not None:
-        raise DataError(f"{source}: record {bad!r} has no truth or no fold", "run cv.py for this member again")
-    records = sorted(records, key=lambda r: r["sample_id"])
+    records = sorted(read_cv_records(source), key=lambda r: r["sample_id"])
     try:
         mu, sigma, y = (np.asarray([r[a][b] for r in records], dtype=np.float64) for a, b in GAUSSIAN_FIELDS)
     except (KeyError, TypeError, ValueError) as exc:

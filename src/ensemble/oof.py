@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -143,6 +144,19 @@ def prob_columns(n_classes: int) -> list[str]:
     return [f"prob_{c}" for c in range(n_classes)]
 
 
+def read_cv_records(path: Path) -> list[dict[str, Any]]:
+    """The merged out-of-fold records of a cross-validation (``oof/gt_vs_pred.jsonl``), read strictly.
+
+    Raises:
+        DataError: A record without truth (``gt``) or without its ``fold``.
+    """
+    records, _, _ = read_record_lines(path, strict=True)
+    bad = next((r["sample_id"] for r in records if r.get("gt") is None or "fold" not in r), None)
+    if bad is not None:
+        raise DataError(f"{path}: record {bad!r} has no truth (gt) or no fold", RERUN_FIX)
+    return records
+
+
 def table_from_records(path: Path) -> tuple[list[str], pd.DataFrame]:
     """The OOF table of a cross-validation's merged classification records (``oof/gt_vs_pred.jsonl``,
     written by ``cv.py`` for any experiment): class names and ``sample_id, fold, label, prob_*``.
@@ -156,10 +170,7 @@ def table_from_records(path: Path) -> tuple[list[str], pd.DataFrame]:
             f"{path} holds {resolved.get('task') or 'unknown'} records, not classification ones",
             "blend members of one task: classification cv.py runs here",
         )
-    records, _, _ = read_record_lines(path, strict=True)
-    bad = next((r["sample_id"] for r in records if r.get("gt") is None or "fold" not in r), None)
-    if bad is not None:
-        raise DataError(f"{path}: record {bad!r} has no label or no fold", RERUN_FIX)
+    records = read_cv_records(path)
     n_classes = len(records[0]["pred"]["probs"])
     names = {int(r["gt"]["label"]): str(r["gt"].get("class_name", r["gt"]["label"])) for r in records}
     classes = [names.get(c, str(c)) for c in range(n_classes)]
