@@ -24,6 +24,7 @@ from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import StochasticWeightAveraging, WeightAveraging
 from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
@@ -47,6 +48,7 @@ __all__ = [
     "forget_computed",
     "set_update_count",
     "swa_average_model",
+    "weight_averaging_model",
     "weight_averaging_uses_buffers",
 ]
 
@@ -116,6 +118,22 @@ def weight_averaging_uses_buffers(callback: WeightAveraging) -> bool:
         The ``use_buffers`` it was built with.
     """
     return bool(callback._use_buffers)
+
+
+def weight_averaging_model(callback: WeightAveraging) -> AveragedModel | None:
+    """The ``AveragedModel`` a ``WeightAveraging`` callback (EMA, ...) keeps, None before ``setup``.
+
+    Private: ``WeightAveraging._average_model``. Public alternative checked: the callback exposes
+    neither the averaged copy nor its update count; both are needed to tell an average that has
+    never been updated (a copy of the initial weights) from a real one.
+
+    Args:
+        callback: The averaging callback.
+
+    Returns:
+        Its averaged model (``.module``, ``.n_averaged``), or None before ``setup``.
+    """
+    return callback._average_model
 
 
 def set_update_count(metric: Metric, count: int) -> None:

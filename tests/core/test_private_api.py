@@ -224,3 +224,15 @@ def test_a_detached_module_has_no_trainer() -> None:
             pass
         else:
             raise AssertionError("a detached module's trainer property returned instead of raising RuntimeError")
+
+
+def test_weight_averaging_model_is_the_averaged_copy_with_its_update_count() -> None:
+    with private("WeightAveraging._average_model", "src/callbacks/ema.py"):
+        callback = EMAWeightAveraging()
+        assert api.weight_averaging_model(callback) is None, "set before setup"
+        module = pl.LightningModule()
+        module.layer = nn.Linear(2, 1)
+        callback.setup(pl.Trainer(logger=False, enable_checkpointing=False), module, "fit")
+        average = api.weight_averaging_model(callback)
+        assert isinstance(average, torch.optim.swa_utils.AveragedModel), type(average).__name__
+        assert int(average.n_averaged) == 0 and average.module is not module

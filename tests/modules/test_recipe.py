@@ -1,16 +1,13 @@
-"""SAM, batch-norm guarding, mixup off-epoch, class weights and the weighted sampler."""
+"""SAM, batch-norm guarding, mixup off-epoch, class weights and TTA views (the effects of the recipe
+switches in training: test_recipe_effects.py; the weighted sampler: tests/datamodules/images/test_sampler.py)."""
 
 from __future__ import annotations
-
-import collections
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from src.core.errors import ConfigError
-from src.datamodules.images.datamodule import ImageDataset, SeededWeightedSampler
 from src.datamodules.images.tta import TTA_VIEWS, predict_logits
 from src.modules.classification.module import ImageClassifier
 from src.modules.classification.sam import frozen_bn_stats, sam_ascend, sam_descend
@@ -75,23 +72,6 @@ def test_class_weights_are_validated_and_used() -> None:
     assert not torch.isclose(weighted, unweighted)
     with pytest.raises(ConfigError, match="class_weights"):
         _classifier(class_weights=[1.0, 2.0])
-
-
-def test_weighted_sampler_balances_classes_and_is_deterministic(tmp_path: Path) -> None:
-    labels = [0] * 90 + [1] * 10
-    dataset = ImageDataset([tmp_path] * 100, labels, [str(i) for i in range(100)], lambda x: x, "L")
-    weights = [1 / 90 if y == 0 else 1 / 10 for y in labels]
-    sampler = SeededWeightedSampler(dataset, weights, num_replicas=1, rank=0, seed=0)
-    sampler.set_epoch(0)
-    drawn = [labels[i] for i, _ in sampler]
-    assert 30 < collections.Counter(drawn)[1] < 70  # ~50 of 100, not ~10
-    assert [k for k in sampler] == [k for k in sampler]
-    halves = []
-    for rank in (0, 1):
-        s = SeededWeightedSampler(dataset, weights, num_replicas=2, rank=rank, seed=0)
-        s.set_epoch(0)
-        halves.append([i for i, _ in s])
-    assert len(halves[0]) == len(halves[1]) == 50
 
 
 def test_tta_views_keep_shape_and_geo8_is_the_dihedral_group() -> None:
