@@ -1,29 +1,60 @@
-"""Ariel quality: V50 against both baselines on simulated planets, same data, folds and metrics.
+"""Ariel quality: the V50, its ablations and three baselines on simulated planets, several seeds.
 
-    .venv/bin/python benchmarks/ariel_quality.py [--train 96 --val 32 --test 32] [--data DIR]
-        [--only ariel_v50,ariel_mlp,ariel_polyfit] [--set KEY=VALUE ...]
+    OMP_NUM_THREADS=1 python benchmarks/ariel_quality.py [--seeds 3] [--first-seed 1]
+        [--train 96 --val 32 --test 32] [--epochs N] [--only v50,v50_no_mamba,...] [--set KEY=VALUE]
+    # smoke run (tiny frames, 2 seeds, 2 epochs; results elsewhere):
+    PODIUM_BENCH_RESULTS=/tmp/ariel_results OMP_NUM_THREADS=1 python benchmarks/ariel_quality.py \\
+        --seeds 2 --train 4 --val 2 --test 2 --epochs 2 --tiny
 
-Simulates ``train + val`` labelled planets and ``test`` unlabelled ones at the toy scale (60 AIRS,
-720 FGS1 read pairs per visit, 30 time bins each), or reuses ``--data``. Validation is fold 0 of
-``(train + val) / val`` folds. Each experiment runs through ``train.py``'s job in this process
-(``experiment=<name> data=ariel_toy data.root=<dataset>``, CSV logger, outputs in a temporary
-root), so its calibration callbacks and ``submission.csv`` are the pipeline's own. Test scores
-come from ``submission.csv`` against the simulator's true depths (``truth/test/*.npz``, which no
-model reads). Prints, per model: Ariel 2024 and 2025 scores, MAE (ppm), coverage of the 68% and
-95% intervals (calibrated sigma), the calibrated validation score and the wall time of the run.
+Models, all through ``train.py``'s job in this process (``experiment=<name> data=ariel_toy
+data.root=<dataset>``, CSV logger, outputs in a temporary root), so data, folds, calibration
+callbacks and ``submission.csv`` are the pipeline's own:
 
-Targets (issue): V50's 2024 score >= best baseline + 0.05, V50's coverage@68 in [0.63, 0.73]
-after calibration. Asserts nothing: the machine is shared and timings are noisy.
+* ``v50``: the full model (``experiment=ariel_v50``);
+* ``v50_no_mamba``: the same without Mamba (``model.net.fgs1_encoder=null``: the FGS1 steps are
+  pooled directly, no parameters);
+* ``v50_no_gnn``: the same without the GNN (``model.net.graph.n_layers=0``: no message passing
+  between bins);
+* ``prior``: the V50's closed-form transit-fit prior alone (``experiment=ariel_prior``);
+* ``mlp`` and ``polyfit``: the baselines (``experiment=ariel_mlp``, ``experiment=ariel_polyfit``).
+
+Repeat ``k`` (``--seeds`` repeats) simulates its own dataset with seed ``first_seed + k`` (``train
++ val`` labelled planets, ``test`` unlabelled ones, toy scale: 60 AIRS and 720 FGS1 read pairs,
+30 time bins each) and trains every model with ``seed=first_seed + k``; validation is fold 0 of
+``(train + val) / val`` star-grouped folds. The dataset is calibrated once per repeat before the
+models run, so each model's wall time is its ``train.py`` job alone (data loading included).
+Test scores come from ``submission.csv`` (calibrated sigma) against the simulator's true depths
+(``truth/test/*.npz``, which no model reads): Ariel 2024 and 2025 scores, MAE (ppm), coverage of
+the 68 % and 95 % intervals. ``val/cal/score2024`` is the cross-fitted (out-of-sample) validation
+score after temperature scaling.
+
+Figures (``benchmarks/results/ariel_quality.json``, mean ± std over the repeats): each model's
+test scores, coverages, ``val/cal/score2024`` and wall time; per repeat, the paired differences
+of the test 2024 score: V50 − best baseline, where the best baseline of a repeat is the one of
+``mlp``, ``polyfit`` and ``prior`` with the highest ``val/cal/score2024`` (chosen on validation,
+never on test), and V50 − each ablation (what Mamba, the GNN and all learned parts add).
+Targets: V50 − best baseline > 0.05; V50 coverage@68 in [0.63, 0.73].
+
+Budget: the full default (6 models, 3 repeats at 96/32/32 planets, the experiments' own epochs:
+V50 variants 40, MLP 60) takes about 27 minutes on an idle 2-core machine with
+``OMP_NUM_THREADS=1``, estimated from its parts timed one repeat at a time: per repeat, simulating
+~95 s and calibrating ~85 s the 160 planets, the V50 and the V50 without Mamba ~120 s each, the
+V50 without GNN ~95 s, the MLP, polyfit and prior ~25 s together. Other jobs on the machine
+stretch it proportionally. The smoke run above takes about a minute and a half.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,18 +62,52 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from record import Recorder  # noqa: E402
 
 import src.core  # noqa: E402,F401  (resolvers)
 from src.callbacks.ariel.outputs import depth_columns  # noqa: E402
 from src.core.training import train  # noqa: E402
+from src.datamodules.ariel.forward import SimConfig  # noqa: E402
 from src.datamodules.ariel.simulate import simulate_dataset  # noqa: E402
 from src.metrics.ariel import central_z, score_2024, score_2025  # noqa: E402
 
-EXPERIMENTS = ("ariel_v50", "ariel_mlp", "ariel_polyfit")
+#: model -> (experiment, extra overrides, label); the order of the table.
+MODELS: dict[str, tuple[str, list[str], str]] = {
+    "v50": ("ariel_v50", [], "V50"),
+    "v50_no_mamba": ("ariel_v50", ["model.net.fgs1_encoder=null"], "V50 without Mamba"),
+    "v50_no_gnn": ("ariel_v50", ["model.net.graph.n_layers=0"], "V50 without GNN"),
+    "prior": ("ariel_prior", [], "V50 prior alone"),
+    "mlp": ("ariel_mlp", [], "MLP"),
+    "polyfit": ("ariel_polyfit", [], "polyfit"),
+}
+#: Models without trainable weights: one epoch, whatever --epochs says.
+CLOSED_FORM = ("prior", "polyfit")
+BASELINES = ("mlp", "polyfit", "prior")
+#: ablation -> what V50 minus it measures
+ABLATIONS = {"v50_no_mamba": "Mamba adds", "v50_no_gnn": "the GNN adds",
+             "prior": "the learned parts (Mamba, GNN, head) add"}  # fmt: skip
+#: figure -> (label, unit, digits)
+FIGURES = {
+    "score2024": ("test score2024", "", 3),
+    "score2025": ("test score2025", "", 3),
+    "mae_ppm": ("test MAE", "ppm", 0),
+    "cov68": ("test coverage@68", "", 3),
+    "cov95": ("test coverage@95", "", 3),
+    "val_cal_score2024": ("val/cal/score2024 (cross-fitted)", "", 3),
+    "wall_s": ("wall time", "s", 0),
+}
+#: The tests' tiny frames (--tiny): 24 AIRS and 96 FGS1 read pairs, 24 time bins each.
+TINY_SIM = {"airs_pairs": 24, "fgs1_pairs": 96}
+TINY_DATA = ["data.calibration.instruments.FGS1.bin_size=4", "data.calibration.instruments.AIRS-CH0.bin_size=1"]
+MARGIN_TARGET = 0.05
+COV68_RANGE = (0.63, 0.73)
 
 
 def compose_cfg(overrides: list[str], root: Path):
@@ -73,6 +138,7 @@ def naive_stats(data: Path, n_folds: int) -> tuple[float, float]:
 
 
 def test_scores(sub: pd.DataFrame, truth: pd.DataFrame, naive: tuple[float, float]) -> dict[str, float]:
+    """Scores of a submission against the true depths (depth fractions; MAE in ppm)."""
     sub = sub.set_index("planet_id").loc[truth.index]
     y = torch.from_numpy(truth.to_numpy(np.float64))
     mu = torch.from_numpy(sub[depth_columns("wl")].to_numpy(np.float64))
@@ -87,55 +153,136 @@ def test_scores(sub: pd.DataFrame, truth: pd.DataFrame, naive: tuple[float, floa
     }
 
 
-def run(name: str, data: Path, root: Path, n_folds: int, extra: list[str]) -> tuple[Path, float]:
-    overrides = [f"experiment={name}", "data=ariel_toy", f"data.root={data}", f"data.n_folds={n_folds}",
-                 "logger=csv", "extras.print_config=false", "run_name=bench_quality", "force=true", *extra]  # fmt: skip
-    cfg = compose_cfg(overrides, root)
-    start = time.perf_counter()
-    train(cfg)
-    return Path(cfg.paths.output_dir), time.perf_counter() - start
+class Repeat:
+    """One repeat: its simulated dataset and the overrides every model of it shares."""
+
+    def __init__(self, seed: int, root: Path, args: argparse.Namespace) -> None:
+        self.seed, self.root, self.args = seed, root, args
+        self.n_folds = (args.train + args.val) // args.val
+        self.data = root / "data" / f"ariel_seed{seed}"
+
+    def overrides(self, model: str) -> list[str]:
+        experiment, extra, _ = MODELS[model]
+        epochs = [] if self.args.epochs is None or model in CLOSED_FORM else [f"trainer.max_epochs={self.args.epochs}"]
+        return [f"experiment={experiment}", "data=ariel_toy", f"data.root={self.data}", f"data.n_folds={self.n_folds}",
+                f"seed={self.seed}", "logger=csv", "extras.print_config=false", f"run_name={model}_seed{self.seed}",
+                "force=true", *(TINY_DATA if self.args.tiny else []), *extra, *epochs, *self.args.set]  # fmt: skip
+
+    def prepare(self) -> float:
+        """Simulate and calibrate the dataset (once, before any model is timed); returns seconds."""
+        start = time.perf_counter()
+        cfg = SimConfig(**TINY_SIM) if self.args.tiny else SimConfig()
+        simulate_dataset(self.data, self.args.train + self.args.val, self.seed, self.args.test, cfg)
+        instantiate(compose_cfg(self.overrides("polyfit"), self.root).data).prepare_data()
+        return time.perf_counter() - start
+
+    def run(self, model: str) -> dict[str, float]:
+        """Train ``model`` on this repeat's dataset; its test and validation figures."""
+        cfg = compose_cfg(self.overrides(model), self.root)
+        start = time.perf_counter()
+        train(cfg)
+        wall = time.perf_counter() - start
+        run_dir = Path(cfg.paths.output_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        naive = naive_stats(self.data, self.n_folds)
+        scores = test_scores(pd.read_csv(run_dir / "submission.csv"), truth_table(self.data, "test"), naive)
+        return {**scores, "val_cal_score2024": float(metrics["val/cal/score2024"]), "wall_s": wall}
+
+
+def best_baseline(row: dict[str, dict[str, float]]) -> str | None:
+    """The baseline with the highest cross-fitted validation score of one repeat (never test)."""
+    present = [b for b in BASELINES if b in row]
+    return max(present, key=lambda b: row[b]["val_cal_score2024"]) if present else None
+
+
+def mean_std(values: Sequence[float], digits: int) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def record_models(rec: Recorder, results: list[dict[str, dict[str, float]]], models: list[str]) -> None:
+    """One figure per model and quantity, and the model × figure table."""
+    rows = []
+    for model in models:
+        label = MODELS[model][2]
+        row = [label]
+        for key, (name, unit, digits) in FIGURES.items():
+            values = [r[model][key] for r in results]
+            rec.figure(f"{model}.{key}", values, label=f"{label}: {name}", unit=unit, digits=digits)
+            row.append(mean_std(values, digits))
+        rows.append(row)
+    columns = ["model", *(f"{name} ({unit})" if unit else name for name, unit, _ in FIGURES.values())]
+    rec.table(f"Per model, mean ± std over {len(results)} repeats", columns, rows)
+
+
+def verdict(fig: dict[str, Any]) -> str:
+    """Whether a paired difference is distinguishable from zero over the repeats (|mean| > std)."""
+    if fig["n"] < 2:
+        return "one repeat: no spread to judge it by"
+    if abs(fig["mean"]) <= fig["std"]:
+        return "not distinguishable from zero over these repeats"
+    return "a gain larger than its spread" if fig["mean"] > 0 else "a loss larger than its spread"
+
+
+def record_differences(rec: Recorder, results: list[dict[str, dict[str, float]]], seeds: list[int]) -> None:
+    """Paired per-repeat differences of the test 2024 score, with targets and notes."""
+    if not all("v50" in r for r in results):
+        return
+    chosen = [best_baseline(r) for r in results]
+    if all(chosen):
+        diffs = [r["v50"]["score2024"] - r[b]["score2024"] for r, b in zip(results, chosen, strict=True)]
+        rec.figure("v50_minus_best_baseline", diffs, label="V50 − best baseline (test score2024, paired)", digits=3)
+        rec.target("v50_minus_best_baseline", ">", MARGIN_TARGET,
+                   text="best baseline of each repeat chosen on val/cal/score2024, not on test")  # fmt: skip
+        picks = ", ".join(f"seed {s}: {MODELS[b][2]}" for s, b in zip(seeds, chosen, strict=True))
+        rec.note(f"Best baseline per repeat, chosen on the cross-fitted validation score: {picks}.")
+    rec.target("v50.cov68", "in", COV68_RANGE, text="calibrated sigma (temperature scaling on validation)")
+    for model, part in ABLATIONS.items():
+        if not all(model in r for r in results):
+            continue
+        diffs = [r["v50"]["score2024"] - r[model]["score2024"] for r in results]
+        label = f"V50 − {MODELS[model][2]} (test score2024, paired)"
+        fig = rec.figure(f"v50_minus_{model}", diffs, label=label, digits=4)
+        rec.note(f"What {part} to the test 2024 score (V50 − {MODELS[model][2]}, paired per repeat): "
+                 f"{fig['mean']:+.4f} ± {fig['std']:.4f} — {verdict(fig)}.")  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", type=int, default=96)
-    p.add_argument("--val", type=int, default=32)
-    p.add_argument("--test", type=int, default=32)
-    p.add_argument("--seed", type=int, default=1, help="dataset seed")
-    p.add_argument("--data", type=Path, default=None, help="existing simulated dataset (default: simulate one)")
-    p.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated experiments")
+    p.add_argument("--seeds", type=int, default=3, help="repeats (dataset and training seed vary together)")
+    p.add_argument("--first-seed", type=int, default=1, help="seed of the first repeat")
+    p.add_argument("--train", type=int, default=96, help="training planets")
+    p.add_argument("--val", type=int, default=32, help="validation planets (fold 0)")
+    p.add_argument("--test", type=int, default=32, help="test planets")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the trained models (default: experiments')")
+    p.add_argument("--tiny", action="store_true", help="the tests' tiny frames (smoke runs)")
+    p.add_argument("--only", default=",".join(MODELS), help=f"comma-separated models of {list(MODELS)}")
     p.add_argument("--set", action="append", default=[], help="extra override for every run (repeatable)")
     args = p.parse_args()
-    labelled = args.train + args.val
-    n_folds = labelled // args.val
+    models = [m for m in args.only.split(",") if m]
+    unknown = set(models) - set(MODELS)
+    if unknown or args.seeds < 1 or args.val < 1 or args.train < args.val:
+        p.error(f"unknown models {sorted(unknown)}" if unknown else "use --seeds >= 1 and --train >= --val >= 1")
+    rec = Recorder("ariel_quality", "Ariel quality: V50, its ablations and the baselines")
+    seeds = [args.first_seed + k for k in range(args.seeds)]
     tmp = tempfile.TemporaryDirectory(prefix="ariel_quality_")
-    root = Path(tmp.name)
-    data = args.data
-    if data is None:
-        data = root / "data" / "ariel_bench"
-        start = time.perf_counter()
-        simulate_dataset(data, labelled, args.seed, args.test)
-        print(f"simulated {labelled}+{args.test} planets in {time.perf_counter() - start:.0f} s")
-    truth = truth_table(data, "test")
-    rows = []
-    for name in args.only.split(","):
-        run_dir, wall = run(name, data, root, n_folds, args.set)
-        naive = naive_stats(data, n_folds)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        scores = test_scores(pd.read_csv(run_dir / "submission.csv"), truth, naive)
-        rows.append({"model": name, **scores, "val_cal_2024": metrics.get("val/cal/score2024"), "wall_s": wall})
-        print(f"{name}: done in {wall:.0f} s", flush=True)
-    table = pd.DataFrame(rows)
-    print(f"\nsimulated planets: {args.train} train / {args.val} val (fold 0 of {n_folds}) / {args.test} test")
-    print("test-split scores from submission.csv (calibrated sigma); wall_s = train.py job incl. data loading")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if {"ariel_v50"} <= set(table.model) and len(table) > 1:
-        v50 = table.set_index("model").loc["ariel_v50"]
-        best = table[table.model != "ariel_v50"]["score2024"].max()
-        margin = v50["score2024"] - best
-        ok = margin >= 0.05 and 0.63 <= v50["cov68"] <= 0.73
-        print(f"V50 - best baseline (2024 score): {margin:+.4f}; V50 coverage@68: {v50['cov68']:.3f} -> "
-              f"targets {'met' if ok else 'NOT met'}")  # fmt: skip
+    results = []
+    for seed in seeds:
+        repeat = Repeat(seed, Path(tmp.name), args)
+        print(f"seed {seed}: dataset simulated and calibrated in {repeat.prepare():.0f} s", flush=True)
+        row = {}
+        for model in models:
+            row[model] = repeat.run(model)
+            print(f"seed {seed} {model}: " + ", ".join(f"{k} {v:.4f}" for k, v in row[model].items()), flush=True)
+        results.append(row)
+        shutil.rmtree(repeat.data)  # about 1.6 GB of raw frames per repeat at the default size
+    record_models(rec, results, models)
+    record_differences(rec, results, seeds)
+    size = f"{args.train} train / {args.val} val (fold 0 of {(args.train + args.val) // args.val}) / {args.test} test"
+    rec.write(summary=f"Simulated planets per repeat: {size}{' (tiny frames)' if args.tiny else ''}; "
+                      f"{len(seeds)} repeats, seeds {seeds} (dataset and training seed). Test scores from each "
+                      "run's submission.csv (calibrated sigma) against the simulator's true depths; "
+                      "val/cal/score2024 is cross-fitted (out-of-sample).")  # fmt: skip
 
 
 if __name__ == "__main__":

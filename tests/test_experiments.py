@@ -31,7 +31,13 @@ def _ariel(root: Path) -> list[str]:
 
 
 # Experiments over a user's own data get a small dataset of that shape; big ones a toy version.
-USER_DATA = {"image_folder": _fruits, "ariel_v50": _ariel, "ariel_mlp": _ariel, "ariel_polyfit": _ariel}
+USER_DATA = {
+    "image_folder": _fruits,
+    "ariel_v50": _ariel,
+    "ariel_mlp": _ariel,
+    "ariel_polyfit": _ariel,
+    "ariel_prior": _ariel,
+}
 
 
 def overrides_for(name: str, root: Path) -> list[str]:

@@ -12,6 +12,7 @@ from src.callbacks.ariel.calibration import ConformalCalibration, TemperatureSca
 from src.callbacks.ariel.outputs import submission_frame
 from src.callbacks.ariel.physics import PhysicsConstraints, high_frequency_power, violation_maps
 from src.core.errors import ConfigError
+from src.metrics.ariel import central_z
 from src.modules.ariel.parts import ArielOutput
 
 
@@ -39,6 +40,72 @@ def test_temperature_state_round_trips_and_scales_sigma() -> None:
     torch.testing.assert_close(restored.calibrate(dict(outputs))["sigma"], torch.tensor([[1.0, 2.0, 3.0]] * 2))
     with pytest.raises(ConfigError, match="shrinkage=-1"):
         TemperatureScaling(shrinkage=-1)
+
+
+class FakeModule:
+    """What ``TemperatureScaling.refit`` reads of a module: one process, the naive prediction, log()."""
+
+    trainer = None
+
+    def __init__(self) -> None:
+        self.naive_mean = torch.tensor(0.0, dtype=torch.float64)
+        self.naive_sigma = torch.tensor(1e-3, dtype=torch.float64)
+        self.logged: dict[str, float] = {}
+
+    def log(self, name: str, value: float, **kwargs: object) -> None:
+        self.logged[name] = float(value)
+
+
+def refit_on(ts: TemperatureScaling, ids: torch.Tensor, z: torch.Tensor, sigma: float = 1e-4) -> dict[str, float]:
+    """Refit ``ts`` on predictions ``mu = 0``, ``sigma``, ``y = z sigma`` in two batches; the logged values."""
+    module = FakeModule()
+    ts.buffer.clear()
+    for rows in torch.tensor_split(torch.arange(len(ids)), 2):
+        sig = torch.full((len(rows), z.shape[1]), sigma)
+        ts.buffer.add({"mu": torch.zeros_like(sig), "sigma_raw": sig, "target": z[rows] * sigma,
+                       "planet_id": ids[rows]})  # fmt: skip
+    ts.refit(None, module)
+    return module.logged
+
+
+def alternating_z(n: int, small: float, large: float) -> torch.Tensor:
+    """z = ±small on even rows and ±large on odd rows (sign alternating over 283 bins)."""
+    sign = torch.tensor([1.0, -1.0]).repeat(142)[:283]
+    size = torch.tensor([small, large]).repeat(n // 2)[:n]
+    return size[:, None] * sign[None, :]
+
+
+def test_temperature_val_cal_is_cross_fitted_and_the_kept_scale_uses_the_whole_fold() -> None:
+    # Planets alternate (in planet-id order) between z = ±1 and z = ±3: the whole-fold scale is
+    # sqrt(5) and scores mean z^2 = 1 on the same fold, but each half's scale, fitted on the other
+    # half, is 3 or 1, so the out-of-sample z are ±1/3 and ±3: mean z^2 = (1/9 + 9) / 2.
+    n = 40
+    ids = 100 + 7 * torch.arange(n)
+    z = alternating_z(n, 1.0, 3.0)
+    ts = TemperatureScaling(per_bin=True, shrinkage=0.0)
+    logged = refit_on(ts, ids, z)
+    torch.testing.assert_close(ts.scale, torch.full((283,), math.sqrt(5.0)))
+    assert logged["val/ts_scale"] == pytest.approx(math.sqrt(5.0), rel=1e-5)
+    assert logged["val/cal_insample/z_std"] == pytest.approx(1.0, rel=0.02)
+    assert logged["val/cal/z_std"] == pytest.approx(math.sqrt((1 / 9 + 9) / 2), rel=0.02)
+    assert logged["val/cal/gll"] < logged["val/cal_insample/gll"] - 1.0  # out-of-sample is worse here
+    # The halves follow planet ids, not the order the rows arrived in (DDP shares the fold out).
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    assert refit_on(TemperatureScaling(per_bin=True, shrinkage=0.0), ids[order], z[order]) == pytest.approx(logged)
+    # A fold of one planet has no other half: its cross-fitted sigma stays unscaled.
+    torch.testing.assert_close(ts.cross_fit(z[:1].double() ** 2), torch.ones(1, 283, dtype=torch.float64))
+
+
+def test_cross_fitted_temperature_brings_coverage_of_overconfident_sigmas_to_nominal() -> None:
+    g = torch.Generator().manual_seed(1)
+    n = 200
+    z_raw = 2.5 * torch.randn(n, 283, generator=g)  # sigma 2.5x too small: raw coverage@68 near 0.31
+    raw_cov68 = float((z_raw.abs() <= central_z(0.68)).double().mean())
+    logged = refit_on(TemperatureScaling(per_bin=True), torch.arange(n), z_raw)
+    assert raw_cov68 < 0.35
+    assert logged["val/cal/cov68"] == pytest.approx(0.68, abs=0.02)
+    assert logged["val/cal/cov95"] == pytest.approx(0.95, abs=0.02)
+    assert logged["val/cal/z_std"] == pytest.approx(1.0, abs=0.05)
 
 
 def test_conformal_quantile_uses_the_finite_sample_rank() -> None:
@@ -97,3 +164,36 @@ def test_submission_frame_has_the_competition_columns() -> None:
     assert frame.shape == (2, 1 + 2 * 283) and frame["planet_id"].tolist() == [2_000_000_007, 12]
     with pytest.raises(ValueError, match="283"):
         submission_frame(ids, np.zeros((2, 10)), np.zeros((2, 10)))
+
+
+def test_fold_planets_get_their_cross_fitted_scale_at_predict_time_others_the_whole_fold_scale():
+    # Half the fold (even rows) is 3x overconfident, the other half calibrated: the scale each
+    # planet gets at predict time is the one fitted without it, and survives a checkpoint.
+    from src.callbacks.ariel.calibration import TemperatureScaling
+
+    torch.manual_seed(0)
+    n, bins = 8, 5
+    y = torch.zeros(n, bins)
+    mu = torch.randn(n, bins)
+    sigma = torch.ones(n, bins)
+    sigma[0::2] = 1 / 3
+    ids = torch.arange(100, 100 + n)
+
+    class Host:
+        naive_mean, naive_sigma = 0.0, 1.0
+
+        def log(self, *args, **kwargs):
+            pass
+
+    ts = TemperatureScaling(per_bin=False)
+    ts.fit_and_log(Host(), mu, sigma, y, ids)
+    z2 = ((y - mu) / sigma) ** 2
+    other_half = {0: z2[1::2].mean().sqrt(), 1: z2[0::2].mean().sqrt()}
+    restored = TemperatureScaling(per_bin=False)
+    restored.load_state_dict(ts.state_dict())
+    for cal in (ts, restored):
+        out = cal.calibrate({"planet_id": torch.tensor([100, 101, 999]), "sigma": torch.ones(3, bins)})
+        assert torch.allclose(out["sigma"][0], other_half[0].expand(bins).float(), rtol=1e-5)
+        assert torch.allclose(out["sigma"][1], other_half[1].expand(bins).float(), rtol=1e-5)
+        assert torch.allclose(out["sigma"][2], ts.scale.expand(bins), rtol=1e-5)  # not in the fold
+    assert not torch.allclose(other_half[0], other_half[1])

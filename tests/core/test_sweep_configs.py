@@ -55,8 +55,7 @@ def ariel_metrics(cfg: DictConfig) -> set[str]:
     ArielMetrics().log_to(module, "val", batch_size=4)
     ts: TemperatureScaling = instantiate(cfg.callbacks.temperature_scaling)
     y = 1e-3 + 1e-4 * torch.randn(4, 283)
-    ts.scale = torch.ones(283)
-    ts._log_calibrated(module, y + 1e-5, torch.full_like(y, 1e-4), y)
+    ts.fit_and_log(module, y + 1e-5, torch.full_like(y, 1e-4), y)
     return names
 
 

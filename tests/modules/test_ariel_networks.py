@@ -1,18 +1,22 @@
-"""Ariel networks: the transit fit, graph, Mamba encoder, linear prior, V50 and the baselines."""
+"""Ariel networks: the transit fit, graph, Mamba encoder, linear prior, V50, its ablations and the baselines."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from src.core.errors import ConfigError
-from src.modules.ariel.baselines import PolyFitNet, ResidualMLPNet
+from src.modules.ariel.baselines import PolyFitNet, PriorOnlyNet, ResidualMLPNet
 from src.modules.ariel.module import ArielRegressor
 from src.modules.ariel.parts import GaussianHead, PerBinLinearPrior
 from src.modules.ariel.spectral_gnn import SpectralGNNEncoder, TemporalConvEncoder, spectral_edges
 from src.modules.ariel.ssm import MambaEncoder, mamba_ssm_available
 from src.modules.ariel.transit_fit import TransitWindowFit, fill_nonfinite_bins, window_share
 from src.modules.ariel.v50 import ArielV50Net
+from tests.conftest import compose_cfg
 
 HOURS, T0, DURATION = 7.5, 3.95, 2.25  # on the fit's default (t0, duration) grid
 
@@ -43,12 +47,12 @@ def synthetic_batch(n: int = 4, steps: int = 60, noise: float = 0.0, seed: int =
 BANDS = [[2.7, 0.18], [3.3, 0.15]]
 
 
-def v50(layer_type: str = "gat") -> ArielV50Net:
+def v50(layer_type: str = "gat", mamba: bool = True, graph_layers: int = 1) -> ArielV50Net:
     return ArielV50Net(
         TransitWindowFit(),
-        MambaEncoder(3, d_model=16, n_layers=1),
+        MambaEncoder(3, d_model=16, n_layers=1) if mamba else None,
         TemporalConvEncoder(2, hidden=8, out_features=8),
-        SpectralGNNEncoder(dim=16, n_layers=1, layer_type=layer_type, k=1, bands_um=BANDS),
+        SpectralGNNEncoder(dim=16, n_layers=graph_layers, layer_type=layer_type, k=1, bands_um=BANDS),
         GaussianHead(16, hidden=16),
     )
 
@@ -184,3 +188,52 @@ def test_polyfit_has_no_weights_and_corrects_its_depths() -> None:
     assert out.mu.shape == (4, 283) and bool((out.sigma > 0).all())
     z = (out.mu - test["target"]) / out.sigma
     assert float(z.abs().max()) < 6.0
+
+
+def test_v50_without_mamba_pools_the_fgs1_steps_without_parameters(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = v50(mamba=False)
+    assert net.fgs1_encoder is None and not any("fgs1_encoder" in name for name, _ in net.named_parameters())
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in v50().parameters())
+    train = synthetic_batch(8, noise=2e-4, seed=2)
+    net.fit_training_data([train])
+    fgs1 = net._fgs1_vector(train, net.fit(train))
+    assert fgs1.shape == (8, 2 * 3)  # time mean and window mean of (flux, window, time)
+    out = net(train)
+    assert torch.isfinite(out.mu).all() and bool((out.sigma > 0).all())
+    # The Hydra override of the benchmark selects it.
+    cfg = compose_cfg(["experiment=ariel_v50", "data=ariel_toy", "model.net.fgs1_encoder=null"], tmp_path)
+    assert instantiate(cfg.model).net.fgs1_encoder is None
+
+
+def test_v50_without_gnn_passes_no_messages_between_bins(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 282, 16, requires_grad=True)
+    for layers, crosses in ((1, True), (0, False)):
+        graph = v50(graph_layers=layers).graph
+        x.grad = None
+        graph(x)[:, 100].sum().backward()
+        others = torch.cat([x.grad[:, :100], x.grad[:, 101:]], dim=1)
+        assert bool(others.abs().sum() > 0) is crosses, layers  # node 100 hears its neighbours or no one
+    net = v50(graph_layers=0)
+    assert len(net.graph.convs) == 0 and not any(".convs." in name for name, _ in net.named_parameters())
+    torch.testing.assert_close(net.graph(x), x)
+    net.fit_training_data([synthetic_batch(8, noise=2e-4, seed=2)])
+    assert torch.isfinite(net(synthetic_batch(3, noise=2e-4, seed=3)).mu).all()
+    cfg = compose_cfg(["experiment=ariel_v50", "data=ariel_toy", "model.net.graph.n_layers=0"], tmp_path)
+    assert len(instantiate(cfg.model).net.graph.convs) == 0
+    with pytest.raises(ConfigError, match="n_layers=-1"):
+        SpectralGNNEncoder(n_layers=-1)
+
+
+def test_prior_only_predicts_the_v50_prior_with_its_training_residual_as_sigma() -> None:
+    torch.manual_seed(0)
+    full, prior = v50(), PriorOnlyNet(TransitWindowFit(), prior_ridge=1e-2)
+    assert not any(p.requires_grad for p in prior.parameters())
+    train, test = synthetic_batch(12, noise=2e-4, seed=7), synthetic_batch(4, noise=2e-4, seed=8)
+    full.fit_training_data([train])
+    prior.fit_training_data([train])
+    torch.testing.assert_close(prior(test).mu, full(test).ref)  # mu is exactly the V50's prior
+    residual = train["target"] - prior(train).mu
+    torch.testing.assert_close(prior(test).sigma[0], residual.pow(2).mean(0).sqrt() + 1e-6, rtol=1e-4, atol=1e-9)
+    assert float(prior.unit) == pytest.approx(float(full.unit), rel=1e-5)  # the V50's loss unit

@@ -10,6 +10,8 @@ stored with the checkpoint it loads.
 * :class:`TemperatureScaling`: sigma scales ``s`` by the closed form ``s^2 = mean(z^2)``,
   ``z = (y - mu) / sigma``, per bin (shrunk towards the global scale) or one global scale; applied
   to ``sigma`` at predict time (``on_predict_batch_end`` and :meth:`TemperatureScaling.calibrate`).
+  Its ``val/cal/*`` metrics are cross-fitted (each half of the fold scored with the scale fitted on
+  the other half), so they are out-of-sample.
 * :class:`ConformalCalibration`: split-conformal quantiles of ``|y - mu| / sigma`` per bin (or
   one max-over-bins quantile for simultaneous bands); predict outputs gain interval half-widths.
 """
@@ -97,6 +99,12 @@ def gather_by_planet(pl_module: pl.LightningModule, ids: Tensor, *values: Tensor
     return [ids[order], *(gather_rows(pl_module, v)[order] for v in values)]
 
 
+def alternate_halves(n: int) -> tuple[Tensor, Tensor]:
+    """Row indices of the two cross-fit halves of ``n`` rows: even and odd positions."""
+    rows = torch.arange(n)
+    return rows[0::2], rows[1::2]
+
+
 class ValidationCollector(Callback):
     """Collect validation predictions each epoch and refit at its end (not during sanity checks).
 
@@ -161,9 +169,19 @@ class TemperatureScaling(_SigmaCalibrator):
 
     The per-bin estimate ``s_b^2 = (sum_i z_ib^2 + k s_g^2) / (n + k)`` is shrunk towards the
     global one ``s_g^2`` with ``k = shrinkage`` pseudo-planets, since a validation fold of a few
-    dozen planets gives noisy per-bin variances. Logs ``val/ts_scale`` (mean scale) and the
-    validation metrics with calibrated sigmas under ``val/cal/*`` (in-sample: fitted and scored on
-    the same fold).
+    dozen planets gives noisy per-bin variances. The scale kept for predict time (``scale``, in the
+    checkpoint) is fitted on the whole fold.
+
+    The validation metrics with calibrated sigmas are cross-fitted, so out-of-sample: the fold's
+    predictions are gathered from every process in planet-id order and split into two halves
+    (alternate planets); each half is scored with the scale fitted on the other half, and
+    ``val/cal/*`` (the :class:`ArielMetrics` scalars, ``z_mean``, ``z_std``) are computed over both
+    halves together. Those cross-fitted scales are kept per planet and applied to the fold's own
+    planets at predict time (``predictions/val.csv`` and out-of-fold records score as ``val/cal/*``);
+    every other planet gets the whole-fold scale. ``val/cal_insample/*`` are the same metrics with
+    the whole-fold scale scored on the fold it was fitted on (optimistic; for comparison), and
+    ``val/ts_scale`` is the mean whole-fold scale. A fold of one planet has no other half: its
+    cross-fitted sigma stays unscaled.
 
     Args:
         per_bin: One scale per bin (else one global scale: the mu-only baseline's constant sigma).
@@ -184,7 +202,9 @@ class TemperatureScaling(_SigmaCalibrator):
         self.per_bin, self.shrinkage = per_bin, float(shrinkage)
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         self.scale: Tensor | None = None
-        self.metrics: ArielMetrics | None = None
+        # planet id -> the scale fitted on the other half of the fold (the planets the whole-fold
+        # scale was fitted on get this one at predict time, so their sigma stays out-of-sample)
+        self.held_out: dict[int, Tensor] = {}
 
     def fit_scale(self, sum_z2: Tensor, count: Tensor) -> Tensor:
         """Scales from per-bin sums of z^2 (bins,) over ``count`` planets (closed form)."""
@@ -195,43 +215,99 @@ class TemperatureScaling(_SigmaCalibrator):
             s2 = global_s2.expand_as(sum_z2)
         return s2.sqrt().clamp(self.min_scale, self.max_scale)
 
+    def fit_rows(self, z2: Tensor) -> Tensor:
+        """Scales (bins,) fitted on squared z-scores ``z2`` of shape (planets, bins); ones without planets."""
+        if len(z2) == 0:
+            return torch.ones(z2.shape[1:], dtype=z2.dtype, device=z2.device)
+        count = torch.tensor(float(len(z2)), dtype=z2.dtype, device=z2.device)
+        return self.fit_scale(z2.sum(0), count)
+
+    def cross_fit(self, z2: Tensor) -> Tensor:
+        """Each planet's scale fitted on the other half of the rows (alternate rows), (planets, bins).
+
+        Args:
+            z2: Squared z-scores ``((y - mu) / sigma)^2``, shape (planets, bins), rows in a fixed
+                order (planet id), so the halves do not depend on how the fold was shared out.
+        """
+        scales = torch.ones_like(z2)
+        first, second = alternate_halves(len(z2))
+        scales[first] = self.fit_rows(z2[second])
+        scales[second] = self.fit_rows(z2[first])
+        return scales
+
     @override
     def refit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        mu, sigma, y = self.buffer.get("mu"), self.buffer.get("sigma_raw"), self.buffer.get("target")
-        z2 = (((y - mu) / sigma) ** 2).double().sum(0)
-        count = torch.tensor(float(len(y)), dtype=torch.float64, device=z2.device)
-        z2 = trainer.strategy.reduce(z2, reduce_op="sum")
-        count = trainer.strategy.reduce(count, reduce_op="sum")
-        self.scale = self.fit_scale(z2, count).float().cpu()
-        self._log_calibrated(pl_module, mu, sigma * self.scale.to(sigma.device), y)
+        get = self.buffer.get
+        ids, mu, sigma, y = gather_by_planet(pl_module, get("planet_id"), get("mu"), get("sigma_raw"), get("target"))
+        self.fit_and_log(pl_module, mu, sigma, y, ids)
 
-    def _log_calibrated(self, pl_module: pl.LightningModule, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
-        if self.metrics is None:
-            self.metrics = ArielMetrics().to(mu.device)
-        self.metrics.set_naive(float(pl_module.naive_mean), float(pl_module.naive_sigma))
-        self.metrics.update(mu, sigma, y)
-        values = {f"val/cal/{k}": getattr(self.metrics, k).compute() for k in ArielMetrics.SCALARS}
-        z_mean, z_std = self.metrics.z.compute()
-        values.update({"val/cal/z_mean": z_mean, "val/cal/z_std": z_std})
-        values["val/ts_scale"] = self.scale.mean()
-        self.metrics.reset()
-        for name, value in values.items():  # equal on every process (synced metrics)
-            pl_module.log(name, float(value), sync_dist=True)
+    def fit_and_log(
+        self, pl_module: pl.LightningModule, mu: Tensor, sigma: Tensor, y: Tensor, ids: Tensor | None = None
+    ) -> None:
+        """Fit ``scale`` on the whole fold and log ``val/cal/*`` (cross-fitted), ``val/cal_insample/*``
+        and ``val/ts_scale``.
+
+        Args:
+            pl_module: Gives the naive prediction (``naive_mean``, ``naive_sigma``) and ``log``.
+            mu: Predicted depths of every planet of the fold, (planets, bins), rows in planet-id order.
+            sigma: Uncalibrated sigmas, same shape.
+            y: True depths, same shape.
+            ids: Planet ids of the rows; kept with their cross-fitted scales, which :meth:`calibrate`
+                applies to these planets instead of the whole-fold scale.
+        """
+        z2 = (((y - mu) / sigma) ** 2).double()
+        self.scale = self.fit_rows(z2).float().cpu()
+        crossed = self.cross_fit(z2)
+        if ids is not None and len(ids) > 1:
+            rows = crossed.float().cpu()
+            self.held_out = {int(pid): rows[i] for i, pid in enumerate(ids.tolist())}
+        self._log_scores(pl_module, "val/cal", mu, sigma * crossed.to(sigma.dtype), y)
+        self._log_scores(pl_module, "val/cal_insample", mu, sigma * self.scale.to(sigma.device), y)
+        pl_module.log("val/ts_scale", float(self.scale.mean()), sync_dist=True)
+
+    @staticmethod
+    def _log_scores(pl_module: pl.LightningModule, prefix: str, mu: Tensor, sigma: Tensor, y: Tensor) -> None:
+        """Log the scores of the whole gathered fold (equal on every process: no metric sync)."""
+        metrics = ArielMetrics(sync=False).to(mu.device)
+        metrics.set_naive(float(pl_module.naive_mean), float(pl_module.naive_sigma))
+        metrics.update(mu, sigma, y)
+        values = {name: getattr(metrics, name).compute() for name in ArielMetrics.SCALARS}
+        values["z_mean"], values["z_std"] = metrics.z.compute()
+        for name, value in values.items():
+            pl_module.log(f"{prefix}/{name}", float(value), sync_dist=True)
 
     def calibrate(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Scale ``outputs["sigma"]`` in place by the fitted scales (no-op before fitting)."""
-        if self.scale is not None:
-            outputs["sigma"] = outputs["sigma"] * self.scale.to(outputs["sigma"].device)
+        """Scale ``outputs["sigma"]`` in place by the fitted scales (no-op before fitting).
+
+        A planet of the validation fold the scale was fitted on (its id in ``outputs["planet_id"]``)
+        gets the scale fitted on the other half of the fold instead, so validation and out-of-fold
+        predictions carry out-of-sample sigmas, equal to the ones ``val/cal/*`` scored.
+        """
+        if self.scale is None:
+            return outputs
+        sigma = outputs["sigma"]
+        scales = self.scale.to(sigma.device).expand_as(sigma).clone()
+        if self.held_out and "planet_id" in outputs:
+            for row, pid in enumerate(outputs["planet_id"].reshape(-1).tolist()):
+                if int(pid) in self.held_out:
+                    scales[row] = self.held_out[int(pid)].to(sigma.device)
+        outputs["sigma"] = sigma * scales.to(sigma.dtype)
         return outputs
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"scale": None if self.scale is None else self.scale.tolist(), "per_bin": self.per_bin}
+        return {
+            "scale": None if self.scale is None else self.scale.tolist(),
+            "per_bin": self.per_bin,
+            "held_out": {str(pid): row.tolist() for pid, row in self.held_out.items()},
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         scale = state_dict.get("scale")
         self.scale = None if scale is None else torch.tensor(scale, dtype=torch.float32)
+        held_out = state_dict.get("held_out") or {}
+        self.held_out = {int(pid): torch.tensor(row, dtype=torch.float32) for pid, row in held_out.items()}
 
 
 def conformal_quantile(scores: Tensor, level: float) -> Tensor:
@@ -292,7 +368,7 @@ class ConformalCalibration(_SigmaCalibrator):
         return ((y - mu).abs() / sigma).double()
 
     def _cross_fit(self, scores: Tensor, sigma: Tensor, level: float) -> dict[str, float]:
-        halves = [torch.arange(len(scores))[k::2] for k in (0, 1)]
+        halves = alternate_halves(len(scores))
         inside, width, sim_inside, n = 0.0, 0.0, 0.0, 0
         for fit_idx, eval_idx in ((halves[0], halves[1]), (halves[1], halves[0])):
             if len(fit_idx) == 0 or len(eval_idx) == 0:

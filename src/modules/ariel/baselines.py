@@ -7,6 +7,10 @@
   window (:mod:`src.modules.ariel.transit_fit`), sigma from the residual scatter; optionally
   a per-bin affine correction of the depths fitted in closed form on the training split. No
   trainable weights.
+* :class:`PriorOnlyNet`: the V50's own closed-form transit-fit prior alone (``mu`` = the
+  :class:`~src.modules.ariel.parts.PerBinLinearPrior` on the white-light depths that the V50 head
+  predicts around), sigma the prior's training residual rms. No trainable weights: it shows what
+  the V50's learned parts add to its prior (``configs/experiment/ariel_prior.yaml``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src.modules.ariel.parts import N_TARGETS, ArielOutput, PerBinLinearPrior, Standardizer, stack_batches
-from src.modules.ariel.transit_fit import TransitWindowFit, relative_flux
-from src.modules.ariel.v50 import check_meta
+from src.modules.ariel.transit_fit import TransitFit, TransitWindowFit, relative_flux
+from src.modules.ariel.v50 import PRIOR_FEATURES, check_meta, prior_features
 
 
 def relative_curves(batch: dict[str, Tensor], airs_groups: int, n_time: int) -> Tensor:
@@ -147,8 +151,58 @@ class PolyFitNet(nn.Module):
         else:
             mu, sigma = fit.depth, fit.depth_sigma + self.sigma_floor
         unit = self.label_std.expand_as(mu)
-        embedding = torch.cat(
-            [fit.white_depth, fit.white_sigma, fit.t0_h[:, None], fit.duration_h[:, None], fit.noise.mean(-1, True)],
-            dim=-1,
-        )
-        return ArielOutput(mu=mu, sigma=sigma, ref=mu.detach(), unit=unit, embedding=embedding)
+        return ArielOutput(mu=mu, sigma=sigma, ref=mu.detach(), unit=unit, embedding=fit_embedding(fit))
+
+
+def fit_embedding(fit: TransitFit) -> Tensor:
+    """A transit fit's per-planet summary for diagnostics, shape (batch, 7): white-light depths and
+    sigmas (FGS1, AIRS), mid-transit time and duration (hours), mean relative noise."""
+    return torch.cat(
+        [fit.white_depth, fit.white_sigma, fit.t0_h[:, None], fit.duration_h[:, None], fit.noise.mean(-1, True)],
+        dim=-1,
+    )
+
+
+class PriorOnlyNet(nn.Module):
+    """The V50's closed-form prior alone: per-bin ridge regression on the white-light depths.
+
+    ``mu`` is exactly the ``ref`` that :class:`~src.modules.ariel.v50.ArielV50Net` predicts around
+    (same transit fit, same features, same ridge); ``sigma`` is the prior's residual rms on the
+    training split, per bin or one global value, plus a floor. No trainable weights.
+
+    Args:
+        fit: The transit fit (window search and white-light depths).
+        prior_ridge: Relative ridge of the per-bin linear prior (the V50's ``prior_ridge``).
+        per_bin_sigma: Residual rms per bin (else one rms over all bins, the V50's ``unit``).
+        sigma_floor: Smallest sigma (depth fraction).
+    """
+
+    def __init__(
+        self, fit: TransitWindowFit, prior_ridge: float = 1e-2, per_bin_sigma: bool = True, sigma_floor: float = 1e-6
+    ) -> None:
+        super().__init__()
+        self.fit, self.per_bin_sigma, self.sigma_floor = fit, per_bin_sigma, float(sigma_floor)
+        self.prior = PerBinLinearPrior(N_TARGETS, PRIOR_FEATURES, prior_ridge, init_weight=[0.0, 1.0])
+        self.register_buffer("residual_rms", torch.full((N_TARGETS,), 1e-3))
+        self.register_buffer("unit", torch.tensor(1e-3))
+
+    @torch.no_grad()
+    def fit_training_data(self, batches: Iterable[dict[str, Tensor]]) -> dict[str, Any]:
+        """Fit the prior and its residual rms (depth fraction) on the training split."""
+        data = stack_batches(batches)
+        features = prior_features(self.fit(data))
+        self.prior.fit(features, data["target"])
+        residual = (data["target"] - self.prior(features)).double()
+        self.unit.fill_(float(residual.pow(2).mean().sqrt().clamp(min=1e-7)))
+        if self.per_bin_sigma:
+            self.residual_rms.copy_(residual.pow(2).mean(0).sqrt().clamp(min=1e-7).float())
+        else:
+            self.residual_rms.fill_(float(self.unit))
+        return {"prior_rms": float(self.unit)}
+
+    def forward(self, batch: dict[str, Tensor]) -> ArielOutput:
+        fit = self.fit(batch)
+        mu = self.prior(prior_features(fit))
+        sigma = (self.residual_rms + self.sigma_floor).expand_as(mu).clone()
+        unit = self.unit.expand_as(mu)
+        return ArielOutput(mu=mu, sigma=sigma, ref=mu.detach(), unit=unit, embedding=fit_embedding(fit))

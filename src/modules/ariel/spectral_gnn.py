@@ -123,7 +123,8 @@ class SpectralGNNEncoder(nn.Module):
 
     Args:
         dim: Node feature width (in and out).
-        n_layers: Message-passing layers, each ``x + dropout(act(conv(norm(x))))``.
+        n_layers: Message-passing layers, each ``x + dropout(act(conv(norm(x))))``; 0 passes the
+            node features through unchanged (no message passing: the ablation without the GNN).
         layer_type: ``gat``, ``gcn`` or ``nnconv``.
         k: Neighbours linked on each side.
         bands_um: Molecular bands ``[centre_um, half_width_um]`` whose bins are all linked.
@@ -150,7 +151,9 @@ class SpectralGNNEncoder(nn.Module):
         super().__init__()
         if layer_type == "gat" and dim % heads:
             raise ConfigError(f"graph dim={dim} with heads={heads}", "make dim a multiple of heads")
-        self.layer_type, self.n_bins = layer_type, n_bins
+        if n_layers < 0:
+            raise ConfigError(f"graph n_layers={n_layers}", "use n_layers >= 0 (0: no message passing)")
+        self.layer_type, self.n_bins, self.dim = layer_type, n_bins, dim
         self.register_buffer("wavelengths_um", bin_wavelengths(n_bins, wavelength_range_um).float(), persistent=False)
         edge_index, edge_attr = spectral_edges(self.wavelengths_um.double(), k, [list(b) for b in bands_um])
         self.register_buffer("edge_index", edge_index, persistent=False)

@@ -5,9 +5,11 @@ Data flow for a batch of planets::
     light curves --TransitWindowFit--> window, detrended curves, per-bin and white-light depths
     white-light + per-bin depths --PerBinLinearPrior--> ref (283)        (closed form, train split)
     FGS1 (detrended, window, time) --MambaEncoder--> pooled FGS1 vector
+        (fgs1_encoder=None: the same inputs pooled directly, no Mamba)
     star metadata --Standardizer + MLP--> global vector (with the FGS1 vector and white depths)
     each AIRS bin's (detrended, window) --TemporalConvEncoder--> node features (+ fit features)
     nodes + global --SpectralGNNEncoder--> 282 node vectors;  FGS1 node = MLP(global)
+        (graph.n_layers=0: node vectors passed through, no message passing between bins)
     283 node vectors --GaussianHead--> mu = ref + unit * ..., sigma = unit * softplus(...) + floor
 
 Depths are fractions of the stellar flux; ``unit`` is the training residual scale of the prior
@@ -35,6 +37,8 @@ from src.modules.ariel.spectral_gnn import SpectralGNNEncoder, TemporalConvEncod
 from src.modules.ariel.ssm import MambaEncoder
 from src.modules.ariel.transit_fit import TransitFit, TransitWindowFit
 
+#: Features of each FGS1 time step: depth-scaled detrended flux, transit window, time from mid-transit.
+FGS1_STEP_FEATURES = 3
 #: Features of the linear prior per bin: FGS1 and AIRS white-light depths (the bin's own noisy depth
 #: reaches the head through the graph nodes instead, which keeps the prior smooth).
 PRIOR_FEATURES = 2
@@ -65,9 +69,12 @@ class ArielV50Net(nn.Module):
 
     Args:
         fit: The transit fit (window search and per-bin depths).
-        fgs1_encoder: Mamba encoder over FGS1 steps of (detrended, window, time) -> d_model.
+        fgs1_encoder: Mamba encoder over FGS1 steps of (detrended, window, time) -> d_model; None
+            pools those steps directly (time mean and transit-window mean, no parameters): the
+            ablation without Mamba.
         airs_encoder: Shared temporal encoder of each AIRS bin's (detrended, window).
-        graph: GNN over the 282 AIRS bins; its ``dim`` is the node width.
+        graph: GNN over the 282 AIRS bins; its ``dim`` is the node width (``n_layers=0``: no
+            message passing, the ablation without the GNN).
         head: Gaussian head over the 283 node vectors (``in_features`` = node width).
         n_meta: Star metadata columns (``len(data.meta_columns)``).
         global_dim: Width of the global (per-planet) vector.
@@ -79,7 +86,7 @@ class ArielV50Net(nn.Module):
     def __init__(
         self,
         fit: TransitWindowFit,
-        fgs1_encoder: MambaEncoder,
+        fgs1_encoder: MambaEncoder | None,
         airs_encoder: TemporalConvEncoder,
         graph: SpectralGNNEncoder,
         head: GaussianHead,
@@ -102,8 +109,8 @@ class ArielV50Net(nn.Module):
         self.prior = PerBinLinearPrior(N_TARGETS, PRIOR_FEATURES, prior_ridge, init_weight=[0.0, 1.0])
         self.register_buffer("unit", torch.tensor(1e-3))
         self.register_buffer("depth_scale", torch.tensor(1e-2))
-        dim = graph.norms[0].normalized_shape[0] if len(graph.norms) else airs_encoder.out_features
-        fgs1_dim = 2 * fgs1_encoder.out_features
+        dim = graph.dim
+        fgs1_dim = 2 * (FGS1_STEP_FEATURES if fgs1_encoder is None else fgs1_encoder.out_features)
         self.global_mlp = nn.Sequential(
             nn.Linear(n_meta + fgs1_dim + 4, global_dim), nn.GELU(), nn.Linear(global_dim, global_dim)
         )
@@ -141,7 +148,7 @@ class ArielV50Net(nn.Module):
         time = batch["fgs1_time"]
         tau = (time - fit.t0_h[:, None]) / (fit.duration_h[:, None]).clamp(min=1e-3)
         steps = torch.stack([scaled_curves(fit.fgs1_detrended, fit, self.curve_clip), fit.fgs1_window, tau], -1)
-        h = self.fgs1_encoder(steps)
+        h = steps if self.fgs1_encoder is None else self.fgs1_encoder(steps)
         w = fit.fgs1_window / fit.fgs1_window.sum(-1, keepdim=True).clamp(min=1e-6)
         return torch.cat([h.mean(1), (h * w[..., None]).sum(1)], dim=-1)
 
