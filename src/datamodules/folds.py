@@ -68,9 +68,23 @@ def assign_folds(
     return pd.DataFrame({"sample_id": ids, "fold": fold})
 
 
-def folds_path(data_dir: Path, n_folds: int, seed: int, ids: Sequence[str], scheme: str) -> Path:
-    """The folds file for a dataset's sample set and split settings."""
-    digest = hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:8]
+def folds_path(
+    data_dir: Path,
+    n_folds: int,
+    seed: int,
+    ids: Sequence[str],
+    scheme: str,
+    labels: Sequence | None = None,
+    groups: Sequence | None = None,
+) -> Path:
+    """The folds file for a dataset's samples, their labels and groups, and the split settings.
+
+    The digest covers the labels and groups too: relabelled or regrouped samples get a new folds
+    file rather than the folds computed for the old ones.
+    """
+    parts = [ids, *(col for col in (labels, groups) if col is not None)]
+    text = "\n\n".join("\n".join(map(str, col)) for col in parts)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return Path(data_dir) / f"folds_{scheme}_k{n_folds}_seed{seed}_{digest}.csv"
 
 
@@ -96,7 +110,7 @@ def load_or_create_folds(
         A frame with ``sample_id`` and ``fold`` aligned to ``sample_ids``.
     """
     scheme = ("strat" if labels is not None else "") + ("group" if groups is not None else "")
-    path = folds_path(data_dir, n_folds, seed, sample_ids, scheme or "plain")
+    path = folds_path(data_dir, n_folds, seed, sample_ids, scheme or "plain", labels, groups)
     if not path.exists():
         folds = assign_folds(sample_ids, n_folds, seed, labels, groups)
         with atomic_path(path) as tmp:

@@ -2,13 +2,16 @@
 
 For a pair ``(a, b)`` the expert is fitted on the OOF rows labelled ``a`` or ``b`` and answers
 "a or b?". It is applied only where that question is the open one: rows whose top-2 predicted
-classes are exactly ``{a, b}`` and whose top-1/top-2 probability margin is below a threshold tuned
-on OOF. There it redistributes the pair's probability mass ``p_a + p_b`` by the expert's answer;
-every other row and every other class keeps its probability bit for bit.
+classes are exactly ``{a, b}`` and whose top-1/top-2 probability margin is below a threshold.
+There it redistributes the pair's probability mass ``p_a + p_b`` by the expert's answer; every
+other row and every other class keeps its probability bit for bit.
 
-Honesty: the expert's OOF answers come from experts fitted on the other folds, and the reported
-OOF probabilities use thresholds tuned on the other folds too, so the gain they show is
-out-of-sample. The final experts and thresholds (used on test rows) are fitted on all OOF rows.
+:meth:`PairExperts.fit` makes every choice on the rows it is given: which pairs (the most
+confused ones there), each pair's threshold (tuned on the expert's nested answers, each from an
+expert fitted on the other folds of those rows) and the experts themselves (fitted on all of
+them). Scores on those same rows would be optimistic, so the ensemble scores experts only on rows
+they were not fitted on (:func:`src.ensemble.stack.cross_fit_stack`: fitted on the other folds,
+applied to the held-out one).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy.typing as npt
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 
+from src.core.errors import DataError
 from src.ensemble.blends import log_probs
 
 Array = npt.NDArray[np.float64]
@@ -127,16 +131,14 @@ class PairExperts:
 
     Args:
         top_k: Number of most-confused pairs to give an expert.
-        margins: Candidate margin thresholds, tuned on OOF for accuracy.
+        margins: Candidate margin thresholds, tuned for accuracy on nested answers.
         factory: Makes an unfitted binary classifier (``fit(X, t)``, ``predict_proba(X)``);
             default ``LogisticRegression(C=1.0, max_iter=1000)``.
 
     Attributes:
-        pairs_: The pairs, most confused first.
-        thresholds_: Tuned margin threshold per pair (fitted on all OOF rows).
-        oof_probs_: ``(n, C)`` honest OOF probabilities after the experts.
-        oof_gated_counts_: OOF rows the expert was applied to, per pair (nested thresholds).
-        oof_net_fixed_: Per pair, OOF rows it made right minus rows it made wrong (honest).
+        pairs_: The pairs, most confused first (on the rows fitted on).
+        thresholds_: Tuned margin threshold per pair (0: the expert is never applied).
+        experts_: The binary expert per pair, fitted on every in-pair row.
         gated_counts_: Rows the experts were applied to, per pair, by the last :meth:`predict`.
     """
 
@@ -151,36 +153,40 @@ class PairExperts:
         self.factory = factory or partial(LogisticRegression, C=1.0, max_iter=1000)
 
     def fit(self, probs: Array, features: Array, y: npt.NDArray[np.int64], folds: npt.NDArray[np.int64]) -> PairExperts:
-        """Choose pairs, fit experts (nested for OOF, then on all rows) and tune thresholds.
+        """Choose pairs, tune each pair's threshold on nested answers, fit the experts.
 
         Args:
-            probs: ``(n, C)`` honest OOF probabilities the experts correct.
+            probs: ``(n, C)`` OOF probabilities the experts correct.
             features: ``(n, F)`` expert inputs (e.g. :func:`pair_features` of the members).
             y: ``(n,)`` true classes.
-            folds: ``(n,)`` fold of each row, for nested fits.
+            folds: ``(n,)`` fold of each row: the expert's answer on a fold's rows, which tunes
+                the threshold, comes from an expert fitted on the other folds.
+
+        Raises:
+            DataError: Fewer than two folds (no expert would be blind to any row).
         """
+        if np.unique(folds).size < 2:
+            raise DataError(
+                f"pair experts need at least 2 folds to tune their thresholds, got {np.unique(folds).tolist()}",
+                "train the members with data.n_folds >= 2 (python cv.py ...)",
+            )
         self.pairs_ = confused_pairs(probs, y, self.top_k)
         self.experts_: dict[Pair, Any] = {}
         self.thresholds_: dict[Pair, float] = {}
-        self.oof_gated_counts_: dict[Pair, int] = {}
-        self.oof_net_fixed_: dict[Pair, int] = {}
-        base_correct = probs.argmax(axis=1) == y
         first, second, margin = top2(probs)
-        out = probs.copy()
         for pair in self.pairs_:
             gate = _gate(first, second, pair)
             in_pair = np.isin(y, pair)
             p_b = self._nested_answers(features, y, folds, pair, gate, in_pair)
-            changed = self._nested_gate(probs, y, folds, gate, margin, pair, p_b)
-            out = redistribute(out, changed, pair, p_b)
-            self.oof_gated_counts_[pair] = int(changed.sum())
-            self.oof_net_fixed_[pair] = int(
-                (out[changed].argmax(axis=1) == y[changed]).sum() - base_correct[changed].sum()
-            )
             self.thresholds_[pair] = best_threshold(probs, y, gate, margin, pair, p_b, self.margins)
             self.experts_[pair] = _fit_binary(self.factory, features[in_pair], y[in_pair] == pair[1])
-        self.oof_probs_ = out
         return self
+
+    def gates(self, probs: Array) -> dict[Pair, npt.NDArray[np.bool_]]:
+        """Per pair, the rows its expert applies to: top-2 classes are the pair, margin below its
+        threshold. A row's top-2 classes are one pair, so the gates are disjoint."""
+        first, second, margin = top2(probs)
+        return {pair: _gate(first, second, pair) & (margin < self.thresholds_[pair]) for pair in self.pairs_}
 
     def predict(self, probs: Array, features: Array) -> Array:
         """Apply the fitted experts; rows outside every gate are returned unchanged.
@@ -189,16 +195,28 @@ class PairExperts:
             probs: ``(n, C)`` probabilities (same pipeline as the OOF ones fitted on).
             features: ``(n, F)`` expert inputs built like the fitting ones.
         """
-        first, second, margin = top2(probs)
         out = probs.copy()
         self.gated_counts_: dict[Pair, int] = {}
-        for pair in self.pairs_:
-            rows = _gate(first, second, pair) & (margin < self.thresholds_[pair])
+        for pair, rows in self.gates(probs).items():
             p_b = np.zeros(len(probs))
             if rows.any():
                 p_b[rows] = self.experts_[pair].predict_proba(features[rows])[:, 1]
             out = redistribute(out, rows, pair, p_b)
             self.gated_counts_[pair] = int(rows.sum())
+        return out
+
+    def effects(self, before: Array, after: Array, y: npt.NDArray[np.int64]) -> dict[Pair, tuple[int, int]]:
+        """Per pair, ``(rows gated, rows made right minus rows made wrong)`` of one :meth:`predict`.
+
+        Args:
+            before: ``(n, C)`` probabilities given to :meth:`predict`.
+            after: ``(n, C)`` what it returned.
+            y: ``(n,)`` true classes of those rows.
+        """
+        out = {}
+        for pair, rows in self.gates(before).items():
+            fixed = (after[rows].argmax(axis=1) == y[rows]).sum() - (before[rows].argmax(axis=1) == y[rows]).sum()
+            out[pair] = (int(rows.sum()), int(fixed))
         return out
 
     def _nested_answers(
@@ -221,42 +239,20 @@ class PairExperts:
                 p_b[rows] = expert.predict_proba(features[rows])[:, 1]
         return p_b
 
-    def _nested_gate(
-        self,
-        probs: Array,
-        y: npt.NDArray[np.int64],
-        folds: npt.NDArray[np.int64],
-        gate: npt.NDArray[np.bool_],
-        margin: Array,
-        pair: Pair,
-        p_b: Array,
-    ) -> npt.NDArray[np.bool_]:
-        """Rows changed when each fold's threshold is tuned on the other folds."""
-        changed = np.zeros(len(y), dtype=bool)
-        for k in np.unique(folds):
-            held = folds == k
-            other = ~held
-            tau = best_threshold(probs[other], y[other], gate[other], margin[other], pair, p_b[other], self.margins)
-            changed |= held & gate & (margin < tau)
-        return changed
-
     def summary(self, classes: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """One row per pair: the classes, the tuned threshold, the rows gated and the net fixes."""
+        """One row per pair: the classes, the tuned threshold and the rows gated by the last
+        :meth:`predict` (None before any)."""
 
         def name(c: int) -> str:
             return classes[c] if classes is not None else str(c)
 
         gated = getattr(self, "gated_counts_", {})
-        return [
-            {
-                "pair": f"{name(a)}|{name(b)}",
-                "threshold": self.thresholds_[(a, b)],
-                "oof_rows_gated": self.oof_gated_counts_[(a, b)],
-                "oof_net_fixed": self.oof_net_fixed_[(a, b)],
-                "test_rows_gated": gated.get((a, b)),
-            }
-            for a, b in self.pairs_
-        ]
+        rows = []
+        for a, b in self.pairs_:
+            pair = (a, b)
+            rows.append({"pair": f"{name(a)}|{name(b)}", "threshold": self.thresholds_[pair],
+                         "test_rows_gated": gated.get(pair)})  # fmt: skip
+        return rows
 
 
 def _gate(first: npt.NDArray[np.int64], second: npt.NDArray[np.int64], pair: Pair) -> npt.NDArray[np.bool_]:

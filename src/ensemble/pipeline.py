@@ -10,9 +10,11 @@ outputs/ensemble/<run_name>/
 ```
 
 Steps: load and align the members; score each member as is and each blend by nested OOF
-(:func:`~src.ensemble.blends.nested_oof_predict`); pick the best by ``select_by``; fit the
-calibration chain on its nested OOF (scored nested again); fit pair experts on top (nested);
-refit everything on all OOF rows for the test predictions; write files; log to MLflow.
+(:func:`~src.ensemble.blends.nested_oof_predict`); then the stack (:mod:`src.ensemble.stack`):
+choose the best candidate by ``select_by``, calibrate it, add pair experts. The stack's stages
+(``selected``, ``selected+calibrated``, ``selected+calibrated+experts``) are scored out of
+sample: each fold is predicted by a stack whose every choice was made on the other folds. The
+stack fitted on all OOF rows predicts the test rows. Write files; log to MLflow.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +47,26 @@ from src.core.mlflow_client import RunSpec
 from src.core.rundir import RunDir
 from src.ensemble.audit import risk_audit
 from src.ensemble.blends import Blend, SelectMember, log_probs, nested_oof_predict
-from src.ensemble.calibration import CalibrationChain, expected_calibration_error
+from src.ensemble.calibration import expected_calibration_error
 from src.ensemble.experts import PairExperts, pair_features
 from src.ensemble.gaussian import GaussianMember, check_aligned, load_gaussian_member, nested_gaussian_oof, records_of
 from src.ensemble.oof import OOF_DIR, Member, align_members, load_member, write_oof
 from src.ensemble.report import render_report
+from src.ensemble.stack import (
+    SELECT_BY,
+    CrossFit,
+    FittedStack,
+    StackRecipe,
+    check_select_by,
+    cross_fit_stack,
+    expert_summary,
+    fit_stack,
+)
 
 log = logging.getLogger("podium")
 Array = npt.NDArray[np.float64]
-SELECT_BY = {"acc": False, "log_loss": True}  # metric -> lower is better
+#: Candidate kinds the stack may choose from (``select_from``).
+SELECTABLE = ("member", "blend")
 
 
 @dataclass(frozen=True)
@@ -82,14 +96,14 @@ class OOFData:
 
 @dataclass
 class Candidate:
-    """A scored prediction: a member as is, a blend, or a final stage.
+    """A scored prediction: a member as is, a blend, or a stage of the stack.
 
     Attributes:
-        name: ``member:<name>``, ``blend:<name>`` or ``<best>+calibrated[+experts]``.
+        name: ``member:<name>``, ``blend:<name>`` or ``selected[+calibrated][+experts]``.
         kind: ``member``, ``blend`` or ``final``.
-        oof: ``(n, C)`` honest OOF probabilities.
-        factory: Makes the unfitted blend (members: a :class:`SelectMember`); None for finals.
-        test: ``(m, C)`` test probabilities once computed.
+        oof: ``(n, C)`` out-of-sample OOF probabilities (blends nested, stages cross-fitted).
+        factory: Makes the unfitted blend (members: a :class:`SelectMember`); None for stages.
+        test: ``(m, C)`` test probabilities once computed (stages).
     """
 
     name: str
@@ -186,10 +200,14 @@ def check_blends(cfg: DictConfig) -> None:
         )
 
 
-def check_select_by(select_by: str) -> None:
-    """Raise a ConfigError naming ``select_by`` unless it is a ranking metric."""
-    if select_by not in SELECT_BY:
-        raise ConfigError(f"select_by={select_by!r} is not a ranking metric", f"use one of {list(SELECT_BY)}")
+def check_select_from(select_from: Any) -> None:
+    """Raise a ConfigError naming ``select_from`` unless it lists candidate kinds (at least one)."""
+    kinds = list(select_from or [])
+    if not kinds or any(k not in SELECTABLE for k in kinds):
+        raise ConfigError(
+            f"select_from={kinds} is not a non-empty list of candidate kinds",
+            f"use kinds among {list(SELECTABLE)}, e.g. select_from=[member,blend]",
+        )
 
 
 def blend_factories(cfg: DictConfig) -> dict[str, Callable[[], Blend]]:
@@ -237,48 +255,56 @@ def rank(rows: list[dict[str, Any]], select_by: str) -> pd.DataFrame:
     return frame.sort_values(keys, ascending=ascending, kind="stable").reset_index(drop=True)
 
 
-@dataclass
-class FinalStages:
-    """What was fitted on top of the best candidate."""
-
-    stages: list[Candidate]
-    calibration: CalibrationChain | None
-    experts: PairExperts | None
-
-
-def final_stages(cfg: DictConfig, data: OOFData, best: Candidate) -> FinalStages:
-    """Calibrate the best candidate and add pair experts, each scored by nested OOF."""
-    stages: list[Candidate] = []
-    probs, name, chain, experts = best.oof, best.name, None, None
-    steps = [build(cfg, f"calibration.steps[{i}]", s) for i, s in enumerate(cfg.calibration.steps)]
-    if steps:
-        chain_factory = lambda: CalibrationChain(steps)  # noqa: E731
-        probs = nested_oof_predict(chain_factory, probs, data.y, data.folds)
-        chain = chain_factory().fit(best.oof, data.y)
-        name = f"{name}+calibrated"
-        stages.append(Candidate(name, "final", probs))
+def stack_recipe(cfg: DictConfig, pool: list[Candidate]) -> StackRecipe:
+    """The stack of ``cfg``: the candidates of the kinds in ``select_from``, the calibration
+    steps and the pair experts (``pair_experts.top_k=0``: none)."""
+    check_select_from(cfg.select_from)
+    steps = tuple(build(cfg, f"calibration.steps[{i}]", s) for i, s in enumerate(cfg.calibration.steps))
+    experts = None
     if cfg.pair_experts.top_k > 0:
-        experts = PairExperts(
-            top_k=cfg.pair_experts.top_k, margins=cfg.pair_experts.margins, factory=build(cfg, "pair_experts.model")
+        model = build(cfg, "pair_experts.model")
+        experts = partial(PairExperts, top_k=cfg.pair_experts.top_k, margins=cfg.pair_experts.margins, factory=model)
+    eligible = {c.name: c.factory for c in pool if c.kind in cfg.select_from and c.factory is not None}
+    if not eligible:
+        raise ConfigError(
+            f"select_from={list(cfg.select_from)} leaves no candidate (blends={list(cfg.blends)})",
+            "add blends, or let the stack pick members too: select_from=[member,blend]",
         )
-        experts.fit(probs, pair_features(data.P), data.y, data.folds)
-        stages.append(Candidate(f"{name}+experts", "final", experts.oof_probs_))
-    return FinalStages(stages, chain, experts)
+    return StackRecipe(eligible, str(cfg.select_by), steps, experts, int(cfg.seed))
 
 
-def predict_test(data: OOFData, best: Candidate, final: FinalStages) -> None:
-    """Refit the best candidate on all OOF rows and run the test rows through every stage."""
-    if data.P_test is None or best.factory is None:
-        return
-    probs = best.factory().fit(data.P, data.y).predict(data.P_test)
-    best.test = probs
-    stages = iter(final.stages)
-    if final.calibration is not None:
-        probs = final.calibration.predict(probs)
-        next(stages).test = probs
-    if final.experts is not None:
-        probs = final.experts.predict(probs, pair_features(data.P_test))
-        next(stages).test = probs
+@dataclass
+class Stack:
+    """The stack fitted on every OOF row (its parameters, the test predictions) and its stages
+    scored out of sample (:func:`~src.ensemble.stack.cross_fit_stack`).
+
+    Attributes:
+        recipe: What the stack chooses from and how.
+        full: The stack fitted on every OOF row.
+        cross: The cross-fitted stacks: each fold predicted by a stack fitted without it.
+        stages: ``selected`` [``+calibrated``] [``+experts``]: cross-fitted OOF probabilities,
+            test probabilities of the full stack.
+    """
+
+    recipe: StackRecipe
+    full: FittedStack
+    cross: CrossFit
+    stages: list[Candidate]
+
+
+def build_stack(cfg: DictConfig, data: OOFData, pool: list[Candidate]) -> Stack:
+    """Fit the stack on every OOF row and cross-fit it for its out-of-sample stages."""
+    recipe = stack_recipe(cfg, pool)
+    features = pair_features(data.P)
+    full = fit_stack(recipe, data.P, features, data.y, data.folds, oof={c.name: c.oof for c in pool})
+    log.info("cross-fitting the stack (%s) over %d folds", " -> ".join(recipe.stage_names()), len(set(data.folds)))
+    cross = cross_fit_stack(recipe, data.P, features, data.y, data.folds)
+    log.info("candidate chosen per held-out fold: %s", cross.chosen)
+    stages = [Candidate(n, "final", p) for n, p in zip(recipe.stage_names(), cross.stages, strict=True)]
+    if data.P_test is not None:
+        for stage, probs in zip(stages, full.predict(data.P_test, pair_features(data.P_test)), strict=True):
+            stage.test = probs
+    return Stack(recipe, full, cross, stages)
 
 
 def run_ensemble(cfg: DictConfig) -> float | None:
@@ -304,50 +330,48 @@ def run_ensemble(cfg: DictConfig) -> float | None:
         return blend_gaussian(cfg, lifecycle)
     # Settings first: a misspelt name fails before members are read and blends fitted.
     check_select_by(cfg.select_by)
+    check_select_from(cfg.select_from)
     check_blends(cfg)
     data = load_data(cfg)
     pool = candidates(cfg, data)
-    rows = [{"name": c.name, "kind": c.kind, **score(c.oof, data, cfg)} for c in pool]
-    best_name = rank(rows, cfg.select_by)["name"].iloc[0]
-    best = next(c for c in pool if c.name == best_name)
-    final = final_stages(cfg, data, best)
-    rows += [{"name": c.name, "kind": c.kind, **score(c.oof, data, cfg)} for c in final.stages]
-    predict_test(data, best, final)
-    chosen = final.stages[-1] if final.stages else best
+    stack = build_stack(cfg, data, pool)
+    rows = [{"name": c.name, "kind": c.kind, **score(c.oof, data, cfg)} for c in [*pool, *stack.stages]]
+    chosen = stack.stages[-1]
     ranking = rank(rows, cfg.select_by)
-    metrics = summarise(cfg, data, ranking, best, chosen, final)
+    metrics = summarise(data, ranking, chosen, stack)
     fingerprint = file_fingerprint([m.source for m in data.members])
     lifecycle.start(fingerprint, mlflow=_mlflow_spec(cfg))
-    _write_outputs(cfg, lifecycle.run, data, ranking, chosen, final, metrics)
+    _write_outputs(cfg, lifecycle.run, data, ranking, chosen, stack, metrics)
     lifecycle.finish(metrics, mlflow_metrics=_mlflow_metrics(metrics, ranking))
     return metrics[f"oof/{cfg.select_by}"]
 
 
-def summarise(
-    cfg: DictConfig, data: OOFData, ranking: pd.DataFrame, best: Candidate, chosen: Candidate, final: FinalStages
-) -> dict[str, Any]:
-    """metrics.json: the chosen stage's scores, the calibration and experts, run facts."""
+def summarise(data: OOFData, ranking: pd.DataFrame, chosen: Candidate, stack: Stack) -> dict[str, Any]:
+    """metrics.json: the final stage's scores, the choices of the full and the cross-fitted
+    stacks, the calibration and the experts, run facts."""
     table = ranking.set_index("name")
     metrics: dict[str, Any] = {f"oof/{k}": float(v) for k, v in table.loc[chosen.name].items() if k != "kind"}
     metrics |= {
-        "best": best.name,
+        "best": stack.full.chosen,
         "final": chosen.name,
+        "selected_per_fold": {str(k): name for k, name in stack.cross.chosen.items()},
         "n_members": len(data.members),
         "n_samples": len(data.y),
         "n_classes": len(data.classes),
         "has_test": data.P_test is not None,
     }
-    if final.calibration is not None:
-        calibrated = final.stages[0].name
-        metrics["calib/ece_before"] = float(table.loc[best.name, "ece"])
+    if stack.full.calibration is not None:
+        selected, calibrated = stack.recipe.stage_names()[:2]
+        metrics["calib/ece_before"] = float(table.loc[selected, "ece"])
         metrics["calib/ece_after"] = float(table.loc[calibrated, "ece"])
-        for step in final.calibration.steps_:
+        for step in stack.full.calibration.steps_:
             if hasattr(step, "temperature_"):
                 metrics["calib/temperature"] = step.temperature_
             if hasattr(step, "bias_"):
                 metrics["calib/bias"] = dict(zip(data.classes, map(float, step.bias_), strict=True))
-    if final.experts is not None:
-        metrics["experts"] = final.experts.summary(data.classes)
+    if stack.full.experts is not None:
+        metrics["experts"] = stack.full.experts.summary(data.classes)
+        metrics["experts_oof"] = expert_summary(stack.cross.experts, data.classes)
     return metrics
 
 
@@ -370,7 +394,7 @@ def _write_outputs(
     data: OOFData,
     ranking: pd.DataFrame,
     chosen: Candidate,
-    final: FinalStages,
+    stack: Stack,
     metrics: dict[str, Any],
 ) -> None:
     """Write the ensemble's files into the run directory (the lifecycle writes the rest)."""
@@ -391,7 +415,7 @@ def _write_outputs(
         test_ids=ref.test_ids if chosen.test is not None else None,
         test_probs=chosen.test,
     )
-    write_text_atomic(run.path / "report.html", _report(cfg, data, ranking, chosen, final, metrics))
+    write_text_atomic(run.path / "report.html", _report(cfg, data, ranking, chosen, stack, metrics))
     log.info("ensemble final stage: %s", chosen.name)
 
 
@@ -400,14 +424,15 @@ def _report(
     data: OOFData,
     ranking: pd.DataFrame,
     chosen: Candidate,
-    final: FinalStages,
+    stack: Stack,
     metrics: dict[str, Any],
 ) -> str:
     summary = {
         "members": ", ".join(m.name for m in data.members),
         "samples": len(data.y),
         "classes": len(data.classes),
-        "best candidate": metrics["best"],
+        "candidate of the full stack (test rows)": metrics["best"],
+        "candidate per held-out fold": ", ".join(f"{k}: {v}" for k, v in metrics["selected_per_fold"].items()),
         "final": chosen.name,
         "selected by": cfg.select_by,
         "ECE before calibration": metrics.get("calib/ece_before"),
@@ -415,8 +440,10 @@ def _report(
         "temperature": metrics.get("calib/temperature"),
     }
     sections = []
-    if final.experts is not None and final.experts.pairs_:
-        sections.append(("Pair experts", pd.DataFrame(final.experts.summary(data.classes))))
+    if stack.full.experts is not None and stack.full.experts.pairs_:
+        sections.append(("Pair experts of the full stack (test rows)", pd.DataFrame(metrics["experts"])))
+    if metrics.get("experts_oof"):
+        sections.append(("Pair experts chosen per held-out fold (OOF)", pd.DataFrame(metrics["experts_oof"])))
     if "calib/bias" in metrics:
         bias = metrics["calib/bias"]
         sections.append(

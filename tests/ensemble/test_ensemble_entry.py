@@ -59,14 +59,22 @@ def test_job_ranks_members_blends_and_final_stages(project: Path, capsys) -> Non
     acc = run_ensemble(cfg)
     run = project / "outputs" / "ensemble" / "t"
     ranking = pd.read_csv(run / "ranking.csv")
-    expected = {"member:cv_a", "member:cv_b", *(f"blend:{b}" for b in ("mean", "nnls", "ridge", "logreg", "hgb"))}
-    assert expected <= set(ranking["name"]) and len(ranking) == 9
+    pool = {"member:cv_a", "member:cv_b", *(f"blend:{b}" for b in ("mean", "nnls", "ridge", "logreg", "hgb"))}
+    stages = {"selected", "selected+calibrated", "selected+calibrated+experts"}
+    assert set(ranking["name"]) == pool | stages and len(ranking) == 10
     assert ranking["acc"].is_monotonic_decreasing
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["final"].endswith("+calibrated+experts") and acc == metrics["oof/acc"]
-    best = ranking.set_index("name").loc[metrics["best"]]
+    assert metrics["final"] == "selected+calibrated+experts" and acc == metrics["oof/acc"]
+    # The candidate of each held-out fold was chosen on the other four folds.
+    assert set(metrics["selected_per_fold"]) == {str(k) for k in range(5)}
+    assert set(metrics["selected_per_fold"].values()) <= pool and metrics["best"] in pool
+    table = ranking.set_index("name")
     members = ranking[ranking.kind == "member"]
-    assert best["acc"] > members["acc"].max()  # two members with independent errors: a blend wins
+    # Two members with independent errors: a blend wins, even paying for its choice out of sample.
+    assert table.loc[metrics["best"], "acc"] > members["acc"].max()
+    assert table.loc["selected", "acc"] > members["acc"].max()
+    assert metrics["experts_oof"] and all(1 <= r["folds_chosen"] <= 5 for r in metrics["experts_oof"])
+    assert "Pair experts chosen per held-out fold" in (run / "report.html").read_text()
     assert 0 <= metrics["oof/acc_group_min"] <= metrics["oof/acc_group_median"] <= 1
     assert metrics["calib/ece_after"] < metrics["calib/ece_before"]
     # The run's own oof/ makes it a valid member of a later ensemble.
@@ -87,6 +95,12 @@ def test_job_errors_name_the_member_and_the_config_key(project: Path) -> None:
         run_ensemble(cfg)
     cfg = compose_ensemble(project, MEMBERS, "blends=[mean,magic]", "log_mlflow=false", *FAST)
     with pytest.raises(ConfigError, match=r"unknown blend\(s\) \['magic'\]"):
+        run_ensemble(cfg)
+    cfg = compose_ensemble(project, MEMBERS, "select_from=[member,stacker]", "log_mlflow=false", *FAST)
+    with pytest.raises(ConfigError, match=r"select_from=\['member', 'stacker'\]"):
+        run_ensemble(cfg)
+    cfg = compose_ensemble(project, MEMBERS, "select_from=[blend]", "blends=[]", "log_mlflow=false", *FAST)
+    with pytest.raises(ConfigError, match=r"select_from=\['blend'\] leaves no candidate \(blends=\[\]\)"):
         run_ensemble(cfg)
     cfg = compose_ensemble(project, "log_mlflow=false", *FAST)
     with pytest.raises(ConfigError, match="members is empty"):
@@ -112,7 +126,8 @@ def test_another_config_is_refused_and_force_blends_again(project: Path) -> None
     forced = compose_ensemble(project, *cheap, "select_by=log_loss", "force=true")
     value = run_ensemble(forced)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert value == metrics["oof/log_loss"] and metrics["final"] == metrics["best"]
+    assert value == metrics["oof/log_loss"] and metrics["final"] == "selected"
+    assert metrics["best"] in {"member:cv_a", "member:cv_b", "blend:mean"} and "calib/ece_after" not in metrics
     assert json.loads((run / "manifest.json").read_text())["config_hash"] == config_hash(forced)
 
 
@@ -124,7 +139,7 @@ def test_ensemble_py_end_to_end(project: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = project / "outputs" / "ensemble" / "e2e"
     ranking = pd.read_csv(run / "ranking.csv")
-    assert len(ranking) == 9
+    assert len(ranking) == 10
     assert {"acc", "log_loss", "ece", "acc_boot_p5", "acc_holdout_min", "acc_group_median"} <= set(ranking.columns)
     submission = pd.read_csv(run / "submission.csv", dtype=str)
     assert list(submission.columns) == ["image_id", "label"] and len(submission) == N_TEST

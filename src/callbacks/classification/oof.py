@@ -42,14 +42,16 @@ class OOFPredictionWriter(pl.Callback):
     Args:
         dirpath: Output folder (``${paths.output_dir}/oof``).
         tta: TTA setting: ``none``, ``flip``, ``geo4`` or ``geo8``.
-        weights: ``best`` loads the best checkpoint's weights first (what ModelCheckpoint kept,
-            EMA weights when EMA is on); ``final`` predicts with the weights training ended with
-            (after SWA's choice, for example).
+        weights: ``final`` (default) predicts with the weights training ended with, which no
+            score of the validation fold chose (unless a callback swaps weights by validation,
+            as ``SelectiveSWA`` does), so the out-of-fold score is out of sample; ``best`` loads
+            the best checkpoint's weights first (what ModelCheckpoint kept, chosen on this same
+            validation fold: the OOF score is then optimistic).
     """
 
     datamodule_hooks = (ClassLabels,)
 
-    def __init__(self, dirpath: str, tta: str = "none", weights: str = "best") -> None:
+    def __init__(self, dirpath: str, tta: str = "none", weights: str = "final") -> None:
         self.dirpath = Path(dirpath)
         self.views = tta_views(tta)
         if weights not in {"best", "final"}:
