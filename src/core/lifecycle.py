@@ -195,6 +195,14 @@ def build_group(cfg: DictConfig, key: str) -> dict[str, Any]:
     return {f"{key}.{name}": build(cfg, f"{key}.{name}", node) for name, node in nodes.items()}
 
 
+def trainer_callbacks(callbacks: dict[str, Any]) -> list[Any]:
+    """The configured callbacks plus the one every run's checkpoints rely on (the final metrics
+    they carry, :class:`src.core.checkpoint_io.CarryCallbackMetrics`)."""
+    from src.core.checkpoint_io import CarryCallbackMetrics
+
+    return [*callbacks.values(), CarryCallbackMetrics()]
+
+
 def trainer_plugins(cfg: DictConfig) -> list[Any]:
     """``trainer.plugins`` plus atomic, verified checkpoint files (unless one is configured)."""
     from lightning.pytorch.plugins.io import CheckpointIO
@@ -217,7 +225,7 @@ class Components:
         model: The LightningModule (``model``), optimizer built once.
         callbacks: ``{"callbacks.<name>": callback}``.
         loggers: ``{"logger.<name>": logger}``.
-        trainer: The Trainer with those callbacks and loggers.
+        trainer: The Trainer with those callbacks (and :func:`trainer_callbacks`' own) and loggers.
     """
 
     datamodule: Any
@@ -251,7 +259,7 @@ def build_components(cfg: DictConfig) -> Components:
     trainer = build(
         cfg,
         "trainer",
-        callbacks=list(callbacks.values()),
+        callbacks=trainer_callbacks(callbacks),
         logger=list(loggers.values()) or False,
         plugins=trainer_plugins(cfg),
     )
@@ -356,9 +364,10 @@ class RunLifecycle:
         """Record the run's start (rank zero): call it once everything is built and checked.
 
         ``force=true`` forgets the previous run here first. Then: leftover temporaries of killed
-        writes go, a crash's exception checkpoint is set aside on a fresh start, the MLflow run is
-        opened (the one the manifest records, else a new one), ``config.yaml`` and ``manifest.json``
-        are written (on resume, the manifest gains a ``resumes`` entry) and the params logged.
+        writes go, an earlier attempt's checkpoints are set aside on a fresh start
+        (:meth:`RunDir.set_aside_checkpoints`), the MLflow run is opened (the one the manifest
+        records, else a new one), ``config.yaml`` and ``manifest.json`` are written (on resume,
+        the manifest gains a ``resumes`` entry) and the params logged.
 
         Args:
             fingerprint: The data's fingerprint, recorded in the manifest.
@@ -373,7 +382,7 @@ class RunLifecycle:
         self.run.path.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(self.run.path)  # a killed process leaves the temporaries of its writes
         if resume is None:
-            self.run.set_aside_exception_checkpoint()
+            self._set_aside_earlier_attempt()
         # The manifest's MLflow run also serves a start killed before its first checkpoint (a fresh
         # start of the same config): its history continues, each (metric, step) logged once.
         # force=true has removed the manifest above, so it gets a new run.
@@ -390,6 +399,16 @@ class RunLifecycle:
             self.mlflow.log_new_params(OmegaConf.to_container(self.cfg, resolve=True))
         how = f"resuming from {resume}" if resume is not None else "fresh start"
         log.info("%s %s: config hash %s, %s in %s", self.job, self.name, manifest["config_hash"], how, self.run.path)
+
+    def _set_aside_earlier_attempt(self) -> None:
+        """A fresh start: an earlier attempt's checkpoints go to ``checkpoints/previous/`` (said, and logged)."""
+        moved = self.run.set_aside_checkpoints()
+        if moved:
+            names = ", ".join(p.name for p in moved)
+            say(
+                f"podium: {self.job} {self.name} starts over; the earlier attempt's checkpoints ({names}) are "
+                f"now in {self.run.previous_checkpoints}"
+            )
 
     def _resumed(self, manifest: dict[str, Any], resume: Path, run_id: str | None) -> dict[str, Any]:
         """The recorded manifest with this resume appended to ``resumes``."""

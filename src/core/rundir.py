@@ -3,7 +3,8 @@
 ```
 config.yaml        resolved config of the run
 manifest.json      provenance (git, command, config hash, packages, host, data) + MLflow run id
-checkpoints/       last.ckpt (resume point), the best checkpoint, on_exception.ckpt
+checkpoints/       last.ckpt (resume point), the best checkpoint, on_exception.ckpt; previous/
+                   holds an earlier attempt's checkpoints when the run started over (fresh start)
 hpc_ckpt_<n>.ckpt  Lightning's SLURM requeue checkpoints (resume points too; only on SLURM)
 metrics.json       final metrics; written atomically when the run finishes
 train.log          the job's log (cv.log, ensemble.log, predict.log for those entry points): config
@@ -32,6 +33,8 @@ from src.core.io import write_json_atomic
 
 #: predict.py's folder in a run directory: ``predictions/<split>[-<data fingerprint>]/``.
 PREDICTIONS_DIR = "predictions"
+#: Where a fresh start sets aside an earlier attempt's checkpoints: ``checkpoints/previous/``.
+PREVIOUS_ATTEMPT = "previous"
 #: Lightning's name for the checkpoint it writes on SLURM's requeue signal.
 HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
@@ -129,16 +132,32 @@ class RunDir:
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
         return write_json_atomic(self.manifest_file, manifest)
 
-    def set_aside_exception_checkpoint(self) -> None:
-        """Rename a crash's ``on_exception.ckpt`` so a fresh start does not resume from it.
+    @property
+    def previous_checkpoints(self) -> Path:
+        return self.checkpoints / PREVIOUS_ATTEMPT
 
-        Lightning resumes from the newest of last.ckpt and the exception checkpoint when no
-        checkpoint is passed; podium's contract is that only ``last.ckpt`` resumes a run. The
-        file stays, as ``on_exception.previous.ckpt``, for a post-mortem.
+    def set_aside_checkpoints(self) -> list[Path]:
+        """Move an earlier attempt's checkpoints into ``checkpoints/previous/`` before a fresh start.
+
+        A run directory starts fresh without ``force`` when the attempt before left no resume
+        point: it was killed or crashed before its first ``last.ckpt``, or ``last.ckpt`` was
+        deleted. Whatever that attempt wrote must not mix with the new attempt's files: its
+        monitored checkpoint would make the new one's ``best-epoch000-v1.ckpt`` (so
+        ``best/checkpoint`` would depend on the earlier attempt), and Lightning resumes a fit
+        started without a checkpoint from the newest of ``last.ckpt`` and an exception
+        checkpoint, while podium's contract is that only ``last.ckpt`` resumes a run. The files
+        are kept, one attempt back, for a post-mortem or ``init_from=``; nothing reads
+        ``checkpoints/previous/``.
+
+        Returns:
+            The files' new paths (empty when there was nothing to set aside).
         """
-        crashed = self.checkpoints / "on_exception.ckpt"
-        if crashed.is_file():
-            crashed.replace(self.checkpoints / "on_exception.previous.ckpt")
+        earlier = sorted(p for p in self.checkpoints.glob("*.ckpt") if p.is_file())
+        if not earlier:
+            return []
+        shutil.rmtree(self.previous_checkpoints, ignore_errors=True)
+        self.previous_checkpoints.mkdir(parents=True)
+        return [p.replace(self.previous_checkpoints / p.name) for p in earlier]
 
     def reset(self) -> None:
         """Forget a previous run here (``force=true``): checkpoints, predictions, metrics and manifest go.

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from src.core.checkpoint_io import load_checkpoint_file
+from src.core.checkpoint_io import CarryCallbackMetrics, load_checkpoint_file, scalar_metrics
 from src.core.errors import ConfigError
 from src.core.lifecycle import RunLifecycle, build_components
 from src.core.mlflow_store import PodiumMLFlowLogger
@@ -52,10 +51,10 @@ def _objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 
 def _collect(trainer: pl.Trainer, run: RunDir) -> dict[str, Any]:
-    metrics: dict[str, Any] = {}
-    for key, value in trainer.callback_metrics.items():
-        v = float(value.detach().cpu()) if isinstance(value, torch.Tensor) else float(value)
-        metrics[key] = v
+    """The fit's final metrics: callback metrics (with those the resume checkpoint carried, see
+    :class:`~src.core.checkpoint_io.CarryCallbackMetrics`), the best checkpoint, epoch and step."""
+    carried = next((cb.carried for cb in trainer.callbacks if isinstance(cb, CarryCallbackMetrics)), {})
+    metrics: dict[str, Any] = {**carried, **scalar_metrics(trainer.callback_metrics)}
     ckpt = trainer.checkpoint_callback
     if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
         metrics["best/score"] = float(ckpt.best_model_score)
@@ -101,6 +100,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("test") and datamodule.has_test:
         best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=False)
-        metrics.update({k: v for k, v in _collect(trainer, lifecycle.run).items() if k.startswith("test/")})
+        tested = scalar_metrics(trainer.callback_metrics)
+        metrics.update({k: v for k, v in tested.items() if k.startswith("test/")})
     lifecycle.finish(metrics, extra={"world_size": trainer.world_size})
     return _objective(cfg, metrics)

@@ -15,17 +15,26 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning.pytorch as pl
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
 
-from src.core import mlflow_client
-from src.core.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
+from src.core import mlflow_client, training
+from src.core.checkpoint_io import (
+    CALLBACK_METRICS_KEY,
+    AtomicCheckpointIO,
+    CarryCallbackMetrics,
+    load_checkpoint_file,
+)
 from src.core.errors import RunStateError
 from src.core.io import atomic_path, sweep_temp_files, write_json_atomic, write_text_atomic
 from src.core.mlflow_store import tracking_uri
+from src.core.rundir import RunDir, RunState
 from src.datamodules.ariel.cache import CalibrationCache
 from tests.conftest import TINY_MODEL, TRAIN_PY, read_metrics
 
@@ -112,19 +121,55 @@ def test_kill_at_a_random_step_resumes_exactly_with_each_metric_step_logged_once
 
 
 @pytest.mark.slow
-def test_kill_while_writing_the_checkpoint_resumes_from_the_previous_one(digits_root: Path) -> None:
+def test_kill_while_writing_the_first_checkpoint_starts_over_without_the_earlier_attempts_files(
+    digits_root: Path,
+) -> None:
+    # The first last.ckpt is written at the end of epoch 0, just after best-epoch000.ckpt: the
+    # rerun has no resume point and starts over, with that earlier best set aside, not beside its own.
     root = digits_root
     run_dir = root / "outputs" / "digits" / "killed_in_write"
     out = killed(run(root, *SHORT, "run_name=killed_in_write", faults=("--kill-on-write", "last.ckpt")))
     assert "SIGKILL while writing" in out.stdout
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()  # the torn file never took the name
+    assert (run_dir / "checkpoints" / "best-epoch000.ckpt").is_file()
     assert torn_temps(run_dir)
 
-    ok(run(root, *SHORT, "run_name=killed_in_write"))
+    rerun = ok(run(root, *SHORT, "run_name=killed_in_write"))
 
+    assert "earlier attempt's checkpoints (best-epoch000.ckpt)" in rerun.stdout
+    assert [p.name for p in (run_dir / "checkpoints" / "previous").iterdir()] == ["best-epoch000.ckpt"]
+    assert not list((run_dir / "checkpoints").glob("*-v*.ckpt"))
     assert not torn_temps(run_dir)
-    assert read_metrics(run_dir) == read_metrics(root / "outputs" / "digits" / "straight")
-    assert_each_step_once(history(root, run_id(run_dir)))
+    straight = root / "outputs" / "digits" / "straight"
+    assert read_metrics(run_dir) == read_metrics(straight)  # best/checkpoint included
+    resumed = history(root, run_id(run_dir))
+    assert_each_step_once(resumed)
+    assert resumed == history(root, run_id(straight))
+
+
+@pytest.mark.slow
+def test_kill_while_writing_metrics_json_after_the_fit_reports_the_uninterrupted_metrics(digits_root: Path) -> None:
+    # Killed after training and testing: last.ckpt is the final epoch's, so the rerun's fit has
+    # nothing left to train and its metrics come from what that checkpoint carries.
+    root = digits_root
+    run_dir = root / "outputs" / "digits" / "killed_in_metrics"
+    killed(run(root, *SHORT, "run_name=killed_in_metrics", faults=("--kill-on-write", "metrics.json")))
+    assert not (run_dir / "metrics.json").exists()
+    last = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3  # the fit was complete
+    assert "val/acc" in last[CALLBACK_METRICS_KEY] and "train/loss_epoch" in last[CALLBACK_METRICS_KEY]
+
+    ok(run(root, *SHORT, "run_name=killed_in_metrics"))
+
+    straight = root / "outputs" / "digits" / "straight"
+    metrics, reference = read_metrics(run_dir), read_metrics(straight)
+    assert {k for k in metrics if k.startswith(("train/", "val/", "lr-"))} == {
+        k for k in reference if k.startswith(("train/", "val/", "lr-"))
+    }
+    assert metrics == reference
+    resumed = history(root, run_id(run_dir))
+    assert_each_step_once(resumed)
+    assert resumed == history(root, run_id(straight))
 
 
 @pytest.mark.slow
@@ -171,7 +216,7 @@ def test_kill_while_writing_oof_predictions_then_rerun_writes_them_whole(digits_
     ok(run(root, *args))
 
     frame = pd.read_parquet(run_dir / "oof" / "val.parquet")
-    assert len(frame) == 360 and frame.sample_id.is_unique
+    assert len(frame) == 276 and frame.sample_id.is_unique  # fold 0: 2 of the 13 blocks
     assert not torn_temps(run_dir)
 
 
@@ -213,6 +258,75 @@ def test_four_runs_started_at_once_on_one_store_all_finish_and_are_recorded(tmp_
     runs = c.search_runs([c.get_experiment_by_name("digits").experiment_id])
     assert sorted(r.info.run_name for r in runs) == [f"parallel_{i}" for i in range(4)]
     assert all(r.info.status == "FINISHED" and "val/acc" in r.data.metrics for r in runs)
+
+
+# ---- what a rerun finds in the run directory (in-process, seconds) -----------------------------
+
+
+class _Logged(BoringModel):
+    """Lightning's BoringModel with a training aggregate and a validation metric, as a task logs them."""
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        out = super().training_step(batch, batch_idx)
+        self.log("train/loss", out["loss"], on_step=False, on_epoch=True)
+        return out
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        out = super().validation_step(batch, batch_idx)
+        self.log("val/loss", out["x"])
+        return out
+
+
+def _boring_trainer(folder: Path) -> pl.Trainer:
+    """A trainer with the default callbacks' checkpoints (by val/loss, every epoch's kept; last) and the carrier."""
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor="val/loss",
+        save_top_k=-1,
+    )
+    last = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+    return pl.Trainer(
+        max_epochs=2, limit_train_batches=3, limit_val_batches=2, callbacks=[best, last, CarryCallbackMetrics()],
+        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder,
+    )  # fmt: skip
+
+
+def test_a_fit_resumed_with_nothing_left_to_train_reports_the_metrics_its_checkpoint_carries(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    first = _boring_trainer(tmp_path / "checkpoints")
+    first.fit(_Logged())
+    reference = training._collect(first, RunDir(tmp_path))
+    assert {"train/loss", "val/loss"} <= set(reference)
+
+    again = _boring_trainer(tmp_path / "checkpoints")
+    again.fit(_Logged(), ckpt_path=tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+
+    assert not again.callback_metrics  # the fit loop was complete: Lightning logged nothing
+    assert training._collect(again, RunDir(tmp_path)) == reference
+    # A test of an earlier epoch's checkpoint restores the callbacks from it too: not the fit's metrics.
+    again.test(_Logged(), ckpt_path=tmp_path / "checkpoints" / "best-epoch000.ckpt", weights_only=False)
+    (carrier,) = [cb for cb in again.callbacks if isinstance(cb, CarryCallbackMetrics)]
+    assert carrier.carried == {k: reference[k] for k in ("train/loss", "val/loss")}
+
+
+def test_a_fresh_start_sets_aside_the_earlier_attempts_checkpoints_one_attempt_back(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    for name in ("best-epoch000.ckpt", "on_exception.ckpt"):
+        (run.checkpoints / name).write_bytes(b"first attempt")
+
+    moved = run.set_aside_checkpoints()
+
+    assert sorted(p.name for p in moved) == ["best-epoch000.ckpt", "on_exception.ckpt"]
+    assert all(p.parent == run.previous_checkpoints and p.read_bytes() == b"first attempt" for p in moved)
+    assert not list(run.checkpoints.glob("*.ckpt")) and run.state() is RunState.FRESH
+    (run.checkpoints / "best-epoch001.ckpt").write_bytes(b"second attempt")
+    run.set_aside_checkpoints()
+    assert [p.name for p in run.previous_checkpoints.iterdir()] == ["best-epoch001.ckpt"]
+    assert run.set_aside_checkpoints() == []  # nothing to set aside: previous/ stays as it is
+    assert [p.name for p in run.previous_checkpoints.iterdir()] == ["best-epoch001.ckpt"]
 
 
 # ---- torn writes, one writer at a time (a forked child is killed inside the write) --------------
