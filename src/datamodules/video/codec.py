@@ -135,11 +135,17 @@ class SourceVideo:
         return self.frames[0].width, self.frames[0].height
 
 
-def read_source(path: str | os.PathLike[str]) -> SourceVideo:
-    """Decode every frame of a video file.
+def read_source(path: str | os.PathLike[str], max_frames: int | None = None) -> SourceVideo:
+    """Decode every frame of a video file, or keep its first ``max_frames``.
+
+    Args:
+        path: The video file.
+        max_frames: Keep only the first this many frames (None: all). The rate denominator
+            ``nbytes`` is then the file's size times the share of frames kept.
 
     Raises:
-        DataError: The file is missing, unreadable, or holds no video frames.
+        DataError: The file is missing, unreadable, holds no video frames, or fewer than
+            ``max_frames``.
     """
     path = Path(path)
     if not path.is_file():
@@ -161,7 +167,24 @@ def read_source(path: str | os.PathLike[str]) -> SourceVideo:
         ) from exc
     if not frames:
         raise DataError(f"{path} decodes to no frames", "pass a video with at least a few frames")
-    return SourceVideo(path=path, frames=frames, rate=Fraction(rate), nbytes=path.stat().st_size)
+    source = SourceVideo(path=path, frames=frames, rate=Fraction(rate), nbytes=path.stat().st_size)
+    return source if max_frames is None else first_frames(source, max_frames)
+
+
+def first_frames(source: SourceVideo, count: int) -> SourceVideo:
+    """The first ``count`` frames of ``source``, its byte size scaled by the share kept.
+
+    Raises:
+        DataError: The source has fewer than ``count`` frames.
+    """
+    total = len(source.frames)
+    if count > total:
+        raise DataError(
+            f"data.max_frames={count} but {source.path} has {total} frames",
+            f"use data.max_frames <= {total}, or data.max_frames=null for the whole clip",
+        )
+    nbytes = max(1, round(source.nbytes * count / total))
+    return SourceVideo(path=source.path, frames=source.frames[:count], rate=source.rate, nbytes=nbytes)
 
 
 def _interp(settings: CodecSettings) -> str:

@@ -92,6 +92,8 @@ class VideoPairDataModule(PodiumDataModule):
     Args:
         source: A bundled clip (``carphone``, ``bikes``) or a path to any video FFmpeg reads.
         codec: The codec round trip (``CodecSettings``).
+        max_frames: Use only the first this many frames of the source (None: all of them);
+            they are what is encoded, split and scored.
         cache_dir: Folder of the round-trip cache.
         color: ``rgb`` or ``yuv`` (4:4:4): the space the filter sees and metrics are taken in.
         split: Shares of the (train, val, test) time blocks.
@@ -113,6 +115,7 @@ class VideoPairDataModule(PodiumDataModule):
         self,
         source: str = "carphone",
         codec: CodecSettings | None = None,
+        max_frames: int | None = None,
         cache_dir: str = "data/video_cache",
         color: str = "rgb",
         split: Sequence[float] = (0.7, 0.15, 0.15),
@@ -135,6 +138,13 @@ class VideoPairDataModule(PodiumDataModule):
             raise ConfigError(
                 f"data.patch_size={patch_size}, patch_align={patch_align}, patches_per_epoch={patches_per_epoch}",
                 "all three must be positive integers",
+            )
+        if max_frames is not None and (
+            isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1
+        ):
+            raise ConfigError(
+                f"data.max_frames={max_frames!r} is not a positive frame count",
+                "pass data.max_frames=<N >= 1> (the first N frames of the clip), or null for all of them",
             )
         check_shares(split, gap)  # the block sizes are checked once the video's length is known
         if n_folds is not None and (n_folds < 2 or not 0 <= fold < n_folds):
@@ -159,9 +169,10 @@ class VideoPairDataModule(PodiumDataModule):
         return True
 
     def source_fingerprint(self) -> str:
-        """sha256[:16] of the source file's content (computed once)."""
+        """sha256[:16] of the source file's content, plus ``-first<N>`` with ``max_frames`` (computed once)."""
         if self._fingerprint is None:
-            self._fingerprint = file_sha256(self.source_path)
+            sha, count = file_sha256(self.source_path), self.hparams.max_frames
+            self._fingerprint = sha if count is None else f"{sha}-first{count}"
         return self._fingerprint
 
     def fingerprint(self) -> str:
@@ -171,7 +182,7 @@ class VideoPairDataModule(PodiumDataModule):
     def source(self) -> SourceVideo:
         """The decoded source video (read once)."""
         if self._source is None:
-            self._source = read_source(self.source_path)
+            self._source = read_source(self.source_path, self.hparams.max_frames)
         return self._source
 
     def encode(self, settings: CodecSettings | None = None) -> EncodedVideo:

