@@ -206,6 +206,7 @@ class Recorder:
             with os.fdopen(fd, "w") as fh:
                 json.dump(data, fh, indent=1, sort_keys=False)
                 fh.write("\n")
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would make a committed result unreadable to others
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
