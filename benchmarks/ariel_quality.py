@@ -36,11 +36,9 @@ never on test), and V50 − each ablation (what Mamba, the GNN and all learned p
 Targets: V50 − best baseline > 0.05; V50 coverage@68 in [0.63, 0.73].
 
 Budget: the full default (6 models, 3 repeats at 96/32/32 planets, the experiments' own epochs:
-V50 variants 40, MLP 60) takes about 27 minutes on an idle 2-core machine with
-``OMP_NUM_THREADS=1``, estimated from its parts timed one repeat at a time: per repeat, simulating
-~95 s and calibrating ~85 s the 160 planets, the V50 and the V50 without Mamba ~120 s each, the
-V50 without GNN ~95 s, the MLP, polyfit and prior ~25 s together. Other jobs on the machine
-stretch it proportionally. The smoke run above takes about a minute and a half.
+V50 variants 40, MLP 60) took 2,068 s on the 2-core machine with ``OMP_NUM_THREADS=1`` while
+``digits_cv.py`` ran alongside (``env.wall_s`` of ``benchmarks/results/ariel_quality.json``; each
+model's own wall time is a figure there).
 """
 
 from __future__ import annotations

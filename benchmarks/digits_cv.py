@@ -20,11 +20,9 @@ Targets, on the mean over the seeds with a margin larger than the std:
 the best member, which is picked with hindsight on each seed); (b) selected blend OOF accuracy
 >= 0.985; (c) ECE after calibration <= 0.015.
 
-Budget: 8 epochs keep the default run (3 seeds × 2 members × 5 folds) near 23 minutes on an
-otherwise idle 2-core CPU with OMP_NUM_THREADS=1: resnet10t takes 174 s for 5 folds × 8 epochs,
-resnet18 about 1.5 times as long (200 s against 136 s for one fold side by side on a busy
-machine), and each ensemble about half a minute. After 8 epochs both members score 0.99 or more
-on the validation fold with their final weights (fold 0, seed 42).
+Budget: the default run (3 seeds × 2 members × 5 folds × 8 epochs) took 2,739 s on the 2-core
+machine with OMP_NUM_THREADS=1 while ``ariel_quality.py`` ran alongside (``env.wall_s`` of
+``benchmarks/results/digits_cv.json``; the wall time per seed is a figure there).
 """
 
 from __future__ import annotations

@@ -67,11 +67,10 @@ def target_met(mean: float, std: float, op: str, threshold: float | Sequence[flo
         margin = mean - float(threshold)  # type: ignore[arg-type]
     else:
         margin = float(threshold) - mean  # type: ignore[arg-type]
-    strict = op in (">", "<")
-    holds = margin > 0 if strict else margin >= 0
     if not math.isfinite(margin):
         return False, margin
-    return bool(holds and (margin > std if std > 0 else holds)), margin
+    holds = margin > 0 if op in (">", "<") else margin >= 0
+    return bool(holds and (std == 0 or margin > std)), margin
 
 
 def _git(*args: str) -> str:

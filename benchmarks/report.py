@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     try:
-        section = render(load_results(args.results))
+        results = load_results(args.results)
+        section = render(results)
         if args.print:
             print(section)
             return 0
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         if updated == current:
-            print(f"{args.readme.name}: benchmark section matches {len(load_results(args.results))} results files")
+            print(f"{args.readme.name}: benchmark section matches {len(results)} results files")
             return 0
         diff = difflib.unified_diff(current.splitlines(), updated.splitlines(), "README.md", "rendered", lineterm="")
         print("\n".join(diff))

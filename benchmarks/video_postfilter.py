@@ -24,8 +24,8 @@ the seeds with a margin larger than the std.
 Then the training budget on bikes at CRF 32 (the issue's question: what does a gain need on an HD
 clip, where the toy recipe gained 0.00 dB): 4x the patches per epoch at 64 px, 4x the epochs (QAT
 kept to the last epochs), and, as a diagnostic, the toy budget with the MSE loss instead of L1;
-``--budget-seeds`` seeds each (1 by default, to stay within the benchmark's ~20 minutes on a
-2-core CPU), without the RD report. The finding is written as a note.
+``--budget-seeds`` seeds each (1 by default; the whole default benchmark took 848 s on the
+2-core machine, ``env.wall_s`` of its results file), without the RD report. The finding is written as a note.
 """
 
 from __future__ import annotations
