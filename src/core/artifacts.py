@@ -20,10 +20,11 @@ floats written as null. The same records always give the same bytes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,12 @@ OTHER_TASK_FIX = (
 )
 #: Characters of a malformed line shown in an error message.
 SNIPPET_CHARS = 80
+#: Longest record line read (bytes); a longer one is counted (``line_too_long``) and skipped
+#: without being held in memory. A record is a few kB to a few MB (a detection image with
+#: thousands of boxes); a multi-GB line is a broken or foreign file.
+MAX_LINE_BYTES = 256 * 2**20
+#: Bytes read at a time while skipping the rest of an over-long line.
+_SKIP_CHUNK = 2**20
 
 
 class RecordError(DataError):
@@ -286,24 +293,48 @@ def _parse(line: str) -> tuple[Any, tuple[str, str] | None]:
     return obj, record_problem(obj)
 
 
-def _read_text(path: Path) -> str:
+def _lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, str | None, int]]:
+    """``(line number, text, size in bytes)`` of each line, streamed; text None for a line over
+    ``max_line_bytes``, which is skipped without being held in memory.
+
+    Raises:
+        DataError: The file is missing or a line is not UTF-8 (a binary file).
+    """
     if not path.is_file():
         raise DataError(f"{path} does not exist", f"point path at a predictions folder holding {RECORDS_FILE}")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): not a {RECORDS_FILE}",
-            f"point path at a {RECORDS_FILE} written by predict.py (one JSON object per line)",
-        ) from exc
+    offset = 0
+    with open(path, "rb") as fh:
+        for number in itertools.count(1):
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            size = len(raw)
+            if size > max_line_bytes and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):
+                    raw = fh.readline(_SKIP_CHUNK)
+                    size += len(raw)
+                yield number, None, size
+            else:
+                try:
+                    yield number, raw.decode("utf-8").rstrip("\r\n"), size
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{path} is not UTF-8 text ({exc.reason} at byte {offset + exc.start}, line {number}): "
+                        f"not a {RECORDS_FILE}",
+                        f"point path at a {RECORDS_FILE} written by predict.py (one JSON object per line)",
+                    ) from exc
+            offset += size
 
 
-def read_record_lines(path: str | Path, strict: bool) -> tuple[list[dict[str, Any]], list[int], Counter[str]]:
+def read_record_lines(
+    path: str | Path, strict: bool, max_line_bytes: int = MAX_LINE_BYTES
+) -> tuple[list[dict[str, Any]], list[int], Counter[str]]:
     """Read a records file: the records, the 1-based line of each, and counters of what was skipped.
 
-    Blank lines are ignored. A malformed line (``invalid_json``, ``not_an_object``,
-    ``missing_key``, ``wrong_type``, ``duplicate_sample_id``) is counted and skipped, or with
-    ``strict`` stops the read.
+    The file is streamed line by line. Blank lines are ignored. A malformed line
+    (``invalid_json``, ``not_an_object``, ``missing_key``, ``wrong_type``,
+    ``duplicate_sample_id``, ``line_too_long``: over ``max_line_bytes``, skipped unread) is
+    counted and skipped, or with ``strict`` stops the read.
 
     Raises:
         DataError: ``<path>:<line>: <reason>: <snippet>`` for the first malformed line (strict),
@@ -311,10 +342,13 @@ def read_record_lines(path: str | Path, strict: bool) -> tuple[list[dict[str, An
     """
     path = Path(path)
     records, lines, counters, seen = [], [], Counter(), set()
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
+    for number, line, size in _lines(path, max_line_bytes):
+        if line is None:
+            obj, problem, line = None, ("line_too_long", f"{size:,} bytes, over the limit of {max_line_bytes:,}"), ""
+        elif not line.strip():
             continue
-        obj, problem = _parse(line)
+        else:
+            obj, problem = _parse(line)
         if problem is None and obj["sample_id"] in seen:
             problem = ("duplicate_sample_id", f"sample_id {obj['sample_id']!r} appeared on an earlier line")
         if problem is not None:
@@ -329,6 +363,14 @@ def read_record_lines(path: str | Path, strict: bool) -> tuple[list[dict[str, An
         records.append(obj)
         lines.append(number)
     return records, lines, counters
+
+
+def line_snippet(path: str | Path, number: int, max_line_bytes: int = MAX_LINE_BYTES) -> str:
+    """The start of line ``number`` of a records file (for an error message); "" when not there."""
+    for found, line, _ in _lines(Path(path), max_line_bytes):
+        if found == number:
+            return _snippet(line or "")
+    return ""
 
 
 def read_records(path: str | Path, strict: bool) -> tuple[list[dict[str, Any]], Counter[str]]:

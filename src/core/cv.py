@@ -248,8 +248,9 @@ def merge_records(cfg: DictConfig, parent: RunDir, n_folds: int) -> dict[str, An
     write_artifact(out, rows, build_resolved_config(task, stages, artifacts, evaluator, None, config), summary)
     scorer = import_scorer(evaluator, task, "predict the folds again (delete fold_*/predictions)")
     lines = list(range(1, len(rows) + 1))
-    metrics, per_sample, scored = score_usable(out / RECORDS_FILE, rows, lines, scorer)
-    write_evaluation(out, metrics, per_sample, {**record_counts(rows), "scored": scored})
+    evaluation, scored = score_usable(out / RECORDS_FILE, rows, lines, scorer)
+    metrics = evaluation.metrics
+    write_evaluation(out, evaluation, {**record_counts(rows), "scored": scored, **evaluation.counters})
     return {**{f"oof/{k}": v for k, v in metrics.items()}, **_oof_score(cfg, metrics), "oof/samples": len(rows)}
 
 

@@ -7,26 +7,35 @@ task's evaluator, and writes ``<folder>/eval/per_sample.jsonl`` and (last)
 ``resolved_config.json`` names an MLflow run that exists, the metrics are logged into it as
 ``eval/<folder name>/<metric>``.
 
-The evaluator is a dotted path to ``score_records(records) -> (metrics, per_sample)``: the one in
-``resolved_config.json`` wins, else ``evaluators[<task>]`` of ``configs/evaluate.yaml``. Nothing
-here imports a task.
+The evaluator is a dotted path to ``score_records(records, **options) -> (metrics, per_sample)``
+or an :class:`Evaluation` (which adds counters, more files for ``eval/``, notes and a printed
+report): the one in ``resolved_config.json`` wins, else ``evaluators[<task>]`` of
+``configs/evaluate.yaml``. ``options[<task>]`` of that config (instantiated, so a callable can be
+given as a ``_target_`` node) are passed as keyword arguments, and ``strict`` too when the scorer
+takes it. ``eval/`` is written whole (a staging folder moved into place), so a failed evaluation
+leaves the previous ``eval/`` or none, never a partial one. Nothing here imports a task.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_method
+from hydra.errors import InstantiationException
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig
 
 from src.core.artifacts import (
+    MAX_LINE_BYTES,
     RECORDS_FILE,
     RESOLVED_CONFIG_FILE,
     RecordError,
+    line_snippet,
     read_record_lines,
     read_resolved_config,
     record_counts,
@@ -34,13 +43,44 @@ from src.core.artifacts import (
     write_jsonl,
 )
 from src.core.errors import ConfigError, DataError
+from src.core.io import staged_folder
 from src.core.mlflow_client import log_metrics
 
 #: Folder (inside the predictions folder) that evaluate.py writes.
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.jsonl"
-Scorer = Callable[[list[dict[str, Any]]], tuple[dict[str, float], list[dict[str, Any]]]]
+Scorer = Callable[..., Any]
+
+
+@dataclass
+class Evaluation:
+    """What a scorer found, for ``eval/``.
+
+    Attributes:
+        metrics: Flat name -> value (``metrics.json``, MLflow).
+        per_sample: One row per scored record (``per_sample.jsonl``).
+        counters: What the scorer could not use, by name (added to the reader's counters).
+        files: More files of ``eval/``: name -> rows (``*.jsonl``) or a JSON object.
+        notes: Sentences the user must read with the metrics (``metrics.json``'s ``notes``,
+            printed), e.g. that predictions without score were scored as 1.0.
+        report: A text table printed by ``evaluate.py`` after the metrics line.
+    """
+
+    metrics: dict[str, float]
+    per_sample: list[dict[str, Any]]
+    counters: dict[str, int] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    report: str = ""
+
+
+def as_evaluation(result: Evaluation | Sequence[Any]) -> Evaluation:
+    """A scorer's result as an :class:`Evaluation` (a scorer may return ``(metrics, per_sample)``)."""
+    if isinstance(result, Evaluation):
+        return result
+    metrics, per_sample = result
+    return Evaluation(dict(metrics), list(per_sample))
 
 
 def locate(path: str) -> tuple[Path, Path]:
@@ -116,12 +156,60 @@ def import_scorer(dotted: str, task: str, fix: str) -> Scorer:
         raise ConfigError(f"evaluator {dotted!r} of task {task!r} cannot be imported ({exc})", fix) from exc
 
 
-def score(path: Path, records: list[dict[str, Any]], lines: list[int], scorer: Scorer) -> tuple[dict, list]:
-    """Run the scorer; a record it cannot use is reported as ``<path>:<line>: ...``."""
+def scorer_options(cfg: DictConfig, task: str) -> dict[str, Any]:
+    """``options[<task>]`` of the config, instantiated (``_target_`` nodes become objects).
+
+    Raises:
+        ConfigError: A node that cannot be instantiated, naming its key.
+    """
+    node = (cfg.get("options") or {}).get(task)
+    if not node:
+        return {}
     try:
-        return scorer(records)
+        return dict(instantiate(node, _convert_="all"))
+    except InstantiationException as exc:
+        raise ConfigError(
+            f"options.{task}: {exc}", f"fix the value under options.{task} in configs/evaluate.yaml"
+        ) from exc
+
+
+def call_scorer(scorer: Scorer, records: list[dict[str, Any]], options: Mapping[str, Any], strict: bool) -> Evaluation:
+    """Run ``scorer`` with the options it accepts, ``strict`` too when it takes it.
+
+    Raises:
+        ConfigError: An option the scorer does not take, naming it and those it takes.
+    """
+    params = inspect.signature(scorer).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params and not takes_any]
+    if unknown:
+        accepted = [k for k in params if k not in ("records", "strict")]
+        raise ConfigError(
+            f"the evaluator {getattr(scorer, '__module__', '')}.{getattr(scorer, '__name__', scorer)} takes no "
+            f"option {', '.join(unknown)} (it takes: {', '.join(accepted) or 'none'})",
+            "drop those options, or point evaluators.<task> at an evaluator that takes them",
+        )
+    kwargs = dict(options)
+    if "strict" in params:
+        kwargs["strict"] = strict
+    return as_evaluation(scorer(records, **kwargs))
+
+
+def score(
+    path: Path,
+    records: list[dict[str, Any]],
+    lines: list[int],
+    scorer: Scorer,
+    options: Mapping[str, Any] | None = None,
+    strict: bool = False,
+) -> Evaluation:
+    """Run the scorer; a record it cannot use is reported as ``<path>:<line>: <what>: <snippet>``."""
+    try:
+        return call_scorer(scorer, records, options or {}, strict)
     except RecordError as exc:
-        raise DataError(f"{path}:{lines[exc.index]}: {exc.what}", exc.fix) from exc
+        line = lines[exc.index]
+        snippet = line_snippet(path, line) if path.is_file() else ""
+        raise DataError(f"{path}:{line}: {exc.what}" + (f": {snippet}" if snippet else ""), exc.fix) from exc
 
 
 def log_to_mlflow(resolved: Mapping[str, Any] | None, prefix: str, metrics: Mapping[str, float]) -> str:
@@ -149,26 +237,39 @@ def log_to_mlflow(resolved: Mapping[str, Any] | None, prefix: str, metrics: Mapp
     return "mlflow_logged"
 
 
-def _counters(reader: Counter[str], records: list[dict[str, Any]], scored: int) -> dict[str, int]:
+def _counters(
+    reader: Counter[str], records: list[dict[str, Any]], scored: int, scorer: Mapping[str, int]
+) -> dict[str, int]:
     counters = {**record_counts(records), "scored": scored}
     counters.update(sorted(reader.items()))
+    counters.update(scorer)
     return counters
 
 
-def _report(folder: Path, task: str, metrics: Mapping[str, float], counters: Mapping[str, int]) -> None:
-    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if math.isfinite(v))
+#: Metrics printed on the summary line; a scorer with more prints its own report.
+SHOWN_METRICS = 12
+
+
+def _report(folder: Path, task: str, evaluation: Evaluation, counters: Mapping[str, int]) -> None:
+    """Print the summary: metrics (all, sorted, or the scorer's first :data:`SHOWN_METRICS` in its
+    order when it has more, its report holding the rest), counters, notes, report, where."""
+    finite = [(k, v) for k, v in evaluation.metrics.items() if math.isfinite(v)]
+    finite = sorted(finite) if len(finite) <= SHOWN_METRICS else finite[:SHOWN_METRICS]
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in finite)
     skipped = {k: v for k, v in counters.items() if k not in ("records", "labelled", "scored") and v}
     print(
         f"podium: evaluated {counters['scored']} of {counters['records']} {task} records in {folder}\n"
         f"  metrics: {shown or 'none (no labelled record without errors)'}\n"
         f"  counters: {', '.join(f'{k}={v}' for k, v in skipped.items()) or 'nothing skipped'}\n"
-        f"  written: {folder / EVAL_DIR / METRICS_FILE}",
+        + "".join(f"  note: {note}\n" for note in evaluation.notes)
+        + (evaluation.report.rstrip("\n") + "\n" if evaluation.report else "")
+        + f"  written: {folder / EVAL_DIR / METRICS_FILE}",
         flush=True,
     )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Score the artifact at ``cfg.path`` and write ``eval/metrics.json`` and ``eval/per_sample.jsonl``.
+    """Score the artifact at ``cfg.path`` and write its ``eval/`` folder.
 
     Records with ``gt`` null are counted (``unlabelled``), records with error codes are counted
     (``with_errors``), and neither is scored. Malformed lines are counted and skipped, or with
@@ -184,40 +285,74 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     resolved = read_resolved_config(folder)
     task = choose_task(cfg, resolved, folder)
     _, scorer = load_scorer(cfg, resolved, task)
-    records, lines, reader = read_record_lines(path, strict=bool(cfg.strict))
+    options = scorer_options(cfg, task)
+    strict = bool(cfg.strict)
+    records, lines, reader = read_record_lines(path, strict=strict, max_line_bytes=max_line_bytes(cfg))
     if not records:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(reader.items())) or "the file is empty"
         raise DataError(
             f"{path} holds no valid record ({detail})", f"point path at a {RECORDS_FILE} written by predict.py"
         )
-    metrics, per_sample, scored = score_usable(path, records, lines, scorer)
-    counters = _counters(reader, records, scored)
-    if bool(cfg.log_mlflow) and metrics:
-        counters[log_to_mlflow(resolved, f"{EVAL_DIR}/{folder.name}", metrics)] = 1
-    write_evaluation(folder, metrics, per_sample, counters)
-    _report(folder, task, metrics, counters)
-    return metrics
+    evaluation, scored = score_usable(path, records, lines, scorer, options, strict)
+    counters = _counters(reader, records, scored, evaluation.counters)
+    if bool(cfg.log_mlflow) and evaluation.metrics:
+        counters[log_to_mlflow(resolved, f"{EVAL_DIR}/{folder.name}", evaluation.metrics)] = 1
+    write_evaluation(folder, evaluation, counters)
+    _report(folder, task, evaluation, counters)
+    return evaluation.metrics
+
+
+def max_line_bytes(cfg: DictConfig) -> int:
+    """``max_line_mb`` of the config in bytes (the default when unset).
+
+    Raises:
+        ConfigError: Not a positive number.
+    """
+    value = cfg.get("max_line_mb")
+    if value is None:
+        return MAX_LINE_BYTES
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"max_line_mb={value!r} is not a positive number", "pass max_line_mb=<MiB>, e.g. 256")
+    return max(1, int(value * 2**20))
 
 
 def score_usable(
-    path: Path, records: list[dict[str, Any]], lines: list[int], scorer: Scorer
-) -> tuple[dict[str, float], list[dict[str, Any]], int]:
+    path: Path,
+    records: list[dict[str, Any]],
+    lines: list[int],
+    scorer: Scorer,
+    options: Mapping[str, Any] | None = None,
+    strict: bool = False,
+) -> tuple[Evaluation, int]:
     """Score the labelled records without error codes (the others are only counted).
 
     Returns:
-        ``(metrics, per_sample, number of records scored)``.
+        ``(evaluation, number of records scored)``.
     """
     usable = [i for i, r in enumerate(records) if r["gt"] is not None and not r["errors"]]
     if not usable:
-        return {}, [], 0
-    metrics, per_sample = score(path, [records[i] for i in usable], [lines[i] for i in usable], scorer)
-    return metrics, per_sample, len(usable)
+        return Evaluation({}, []), 0
+    picked, at = [records[i] for i in usable], [lines[i] for i in usable]
+    return score(path, picked, at, scorer, options, strict), len(usable)
 
 
-def write_evaluation(
-    folder: Path, metrics: Mapping[str, float], per_sample: list[dict[str, Any]], counters: Mapping[str, int]
-) -> Path:
-    """Write ``<folder>/eval/per_sample.jsonl`` then (last) ``eval/metrics.json``; returns the latter."""
-    out = folder / EVAL_DIR
-    write_jsonl(out / PER_SAMPLE_FILE, per_sample)
-    return write_json(out / METRICS_FILE, {"metrics": dict(metrics), "counters": dict(counters)})
+def write_evaluation(folder: Path, evaluation: Evaluation, counters: Mapping[str, int]) -> Path:
+    """Write ``<folder>/eval/`` whole: ``per_sample.jsonl``, the scorer's files, then ``metrics.json``.
+
+    The folder is written into a hidden staging sibling and moved into place, so ``eval/`` is
+    either the previous complete one or this one. Returns the path of ``metrics.json``.
+    """
+    summary: dict[str, Any] = {"metrics": dict(evaluation.metrics), "counters": dict(counters)}
+    if evaluation.notes:
+        summary["notes"] = list(evaluation.notes)
+    with staged_folder(folder / EVAL_DIR) as out:
+        write_jsonl(out / PER_SAMPLE_FILE, evaluation.per_sample)
+        for name, content in evaluation.files.items():
+            if name in (PER_SAMPLE_FILE, METRICS_FILE) or "/" in name or name.startswith("."):
+                raise ValueError(f"an evaluator may not write eval/{name}")
+            if name.endswith(".jsonl"):
+                write_jsonl(out / name, content)
+            else:
+                write_json(out / name, content)
+        write_json(out / METRICS_FILE, summary)
+    return folder / EVAL_DIR / METRICS_FILE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -52,6 +53,40 @@ def _commit(tmp: Path, final: Path) -> None:
         os.fsync(fh.fileno())
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Write a folder whole: into a hidden sibling, then moved into place.
+
+    predict.py writes its prediction folders and evaluate.py its ``eval/`` folders this way. The
+    folder being replaced stays complete until the new one is; a failed or killed writer leaves
+    only its hidden staging folder, removed by a later attempt once it is an hour old (another
+    process may still be writing it before that). The parent folder is removed again when the
+    write fails and nothing else was ever put there.
+
+    Yields:
+        The staging folder to write into.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - STALE_TEMP_S
+    for stale in final.parent.glob(f".{final.name}.*"):
+        if stale.is_dir() and stale.stat().st_mtime < cutoff:
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            final.parent.rmdir()  # only succeeds if nothing was ever written there
 
 
 def is_temp_file(path: Path) -> bool:

@@ -16,13 +16,10 @@ Nothing here knows a task: records come from the module (``predict_records``), e
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +39,7 @@ from src.core.artifacts import (
 from src.core.checkpoint_io import load_checkpoint_file
 from src.core.contracts import PredictCalibrator, check_compatibility
 from src.core.errors import ConfigError, RunStateError
-from src.core.io import STALE_TEMP_S
+from src.core.io import staged_folder
 from src.core.lifecycle import build
 from src.core.mlflow_client import flatten, tracking_uri
 from src.core.ranks import process_rank
@@ -257,40 +254,6 @@ def prediction_folder(run: RunDir, split: str, fingerprint: str | None) -> Path:
     seen = fingerprint is not None and run.manifest().get("data_fingerprint") == fingerprint
     name = split if seen or fingerprint is None else f"{split}-{fingerprint}"
     return run.path / PREDICTIONS_DIR / name
-
-
-@contextlib.contextmanager
-def staged_folder(final: Path) -> Iterator[Path]:
-    """Write a prediction folder whole: into a hidden sibling, then moved into place.
-
-    This is predict.py's whole run-state rule. A finished prediction is redone, not reported: the
-    same checkpoint and command write the same bytes, and a folder left by another checkpoint
-    must not pass for this one's. The folder being replaced stays complete until the new one is;
-    a failed or killed prediction leaves only its hidden staging folder, removed by a later
-    attempt once it is an hour old (another prediction may still be writing it before that).
-
-    Yields:
-        The staging folder to write into.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - STALE_TEMP_S
-    for stale in final.parent.glob(f".{final.name}.*"):
-        if stale.is_dir() and stale.stat().st_mtime < cutoff:
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            final.parent.rmdir()  # only succeeds if nothing was ever written there
 
 
 def _mlflow_run(cfg: DictConfig, run: RunDir) -> dict[str, str] | None:

@@ -11,14 +11,19 @@ Parsing never raises unless ``strict`` is set: every box or record it cannot use
 * a record that is not a dict, or whose ``gt`` / ``pred`` is not a list, is skipped
   (``invalid_record``); a record without ``width`` / ``height`` is skipped (``missing_size``); a
   size that is not a finite number > 0 skips the record (``invalid_size``);
+* a record whose optional ``pred_size`` (``[w, h]`` of the image the predictor saw) differs from
+  its ``width`` / ``height`` is skipped (``size_mismatch``): its predicted boxes are in another
+  image's coordinates;
 * a box of unknown type, with the wrong number of points, a non-finite value or ``x2 < x1`` /
-  ``y2 < y1`` is dropped (``invalid_geometry``);
+  ``y2 < y1`` is dropped (``invalid_geometry``); a ``score`` that is present but not a finite
+  number drops the box (``invalid_score``); a prediction without ``score`` is kept and counted
+  (``unscored_predictions``; COCO AP needs scores, see :mod:`src.metrics.detection_coco`);
 * a box partly outside the image is clipped to ``[0, width] × [0, height]`` (``boxes_clipped``),
   as the part outside can hold no object; a box of positive area that lies wholly outside (zero
   area once clipped) is dropped (``boxes_outside``);
 * an empty ``pred`` list is counted (``empty_predictions``) and scored: an image where the model
-  found nothing is valid data, so strict mode does not stop on it; every other counted case,
-  clipping included, stops strict mode.
+  found nothing is valid data, so strict mode does not stop on it, nor on an unscored prediction;
+  every other counted case, clipping included, stops strict mode.
 
 ``score`` is read by nobody here: set-matching F1 scores every prediction it is given, so filter
 by score before calling it.
@@ -62,7 +67,10 @@ class ParseCounters:
     invalid_record: int = 0
     missing_size: int = 0
     invalid_size: int = 0
+    size_mismatch: int = 0
     invalid_geometry: int = 0
+    invalid_score: int = 0
+    unscored_predictions: int = 0
     boxes_clipped: int = 0
     boxes_outside: int = 0
     empty_predictions: int = 0
@@ -85,11 +93,16 @@ class ParsedBoxes:
         boxes: ``(n, 4)`` float array of ``[x1, y1, x2, y2]`` in pixels, clipped to the image.
         index: ``(n,)`` positions of these boxes in the record's original list.
         labels: The ``desc`` of each box ("" when absent).
+        scores: ``(n,)`` the ``score`` of each box, NaN where it has none.
+        polys: The flat ``[x1, y1, x2, y2, ...]`` points of each ``poly`` box as given (not
+            clipped), None for a ``bbox_2d``.
     """
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     labels: list[str] = field(default_factory=list)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    polys: list[list[float] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -113,11 +126,18 @@ def _problem(strict: bool, where: str, what: str) -> None:
 
 
 def _finite_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:  # the JSON cases first: this runs once per coordinate
+        return math.isfinite(value)
+    if kind is int:
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_) and math.isfinite(value)
 
 
-def box_geometry(box: Any) -> tuple[np.ndarray | None, str]:
-    """Axis-aligned ``[x1, y1, x2, y2]`` of one box dict, or ``None`` with the reason.
+def box_geometry(box: Any) -> tuple[tuple[float, float, float, float] | None, str]:
+    """Axis-aligned ``(x1, y1, x2, y2)`` of one box dict, or ``None`` with the reason.
+
+    Plain Python floats, no array per box: a predictions file holds hundreds of thousands of boxes.
 
     Args:
         box: A ``{type, points, ...}`` dict; a ``poly`` yields its bounding box.
@@ -135,14 +155,14 @@ def box_geometry(box: Any) -> tuple[np.ndarray | None, str]:
     if kind == "bbox_2d":
         if len(points) != 4:
             return None, f"points has {len(points)} values, bbox_2d needs 4"
-        xyxy = np.asarray(points, dtype=float)
-        if xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
+        x1, y1, x2, y2 = (float(p) for p in points)
+        if x2 < x1 or y2 < y1:
             return None, f"points={list(points)!r} has x2 < x1 or y2 < y1"
-        return xyxy, ""
+        return (x1, y1, x2, y2), ""
     if len(points) < 6 or len(points) % 2:
         return None, f"points has {len(points)} values, poly needs an even count >= 6"
-    xy = np.asarray(points, dtype=float).reshape(-1, 2)
-    return np.concatenate([xy.min(axis=0), xy.max(axis=0)]), ""
+    xs, ys = points[0::2], points[1::2]
+    return (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))), ""
 
 
 def _record_size(record: Any, strict: bool, where: str, counters: ParseCounters) -> tuple[float, float] | None:
@@ -166,26 +186,46 @@ def _record_size(record: Any, strict: bool, where: str, counters: ParseCounters)
             counters.invalid_size += 1
             _problem(strict, where, f"{name}={value!r}, expected a finite number > 0")
             return None
+    seen = record.get("pred_size")
+    if seen is not None and (
+        not isinstance(seen, list | tuple)
+        or not all(_finite_number(v) for v in seen)
+        or [float(v) for v in seen] != [width, height]
+    ):
+        counters.size_mismatch += 1
+        _problem(
+            strict,
+            where,
+            f"pred_size={seen!r} differs from width x height = {width}x{height}: the predictions are in the "
+            "coordinates of another image size (rescale them to width x height)",
+        )
+        return None
     return float(width), float(height)
 
 
-def _clip(xyxy: np.ndarray, width: float, height: float) -> np.ndarray:
-    return np.clip(xyxy, 0.0, [width, height, width, height])
+def _clip(xyxy: tuple[float, ...], width: float, height: float) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = xyxy
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
 
 
-def _area(xyxy: np.ndarray) -> float:
-    return float((xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1]))
+def _area(xyxy: tuple[float, ...]) -> float:
+    return (xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1])
 
 
 def _parse_side(
     boxes: list, side: str, size: tuple[float, float], strict: bool, where: str, counters: ParseCounters
 ) -> ParsedBoxes:
-    kept, index, labels = [], [], []
+    kept, index, labels, scores, polys = [], [], [], [], []
     for i, box in enumerate(boxes):
         xyxy, reason = box_geometry(box)
         if xyxy is None:
             counters.invalid_geometry += 1
             _problem(strict, where, f"{side}[{i}]: {reason}")
+            continue
+        score = box.get("score")
+        if score is not None and not _finite_number(score):
+            counters.invalid_score += 1
+            _problem(strict, where, f"{side}[{i}]: score={score!r}, expected a finite number or no score")
             continue
         clipped = _clip(xyxy, *size)
         if _area(xyxy) > 0 and _area(clipped) <= 0:
@@ -194,7 +234,7 @@ def _parse_side(
                 strict, where, f"{side}[{i}]: points={box['points']!r} lie outside the {size[0]:g}x{size[1]:g} image"
             )
             continue
-        if not np.array_equal(clipped, xyxy):
+        if clipped != xyxy:
             counters.boxes_clipped += 1
             _problem(
                 strict, where, f"{side}[{i}]: points={box['points']!r} extend outside the {size[0]:g}x{size[1]:g} image"
@@ -202,7 +242,16 @@ def _parse_side(
         kept.append(clipped)
         index.append(i)
         labels.append(str(box.get("desc") or ""))
-    return ParsedBoxes(np.asarray(kept, dtype=float).reshape(-1, 4), np.asarray(index, dtype=int), labels)
+        scores.append(math.nan if score is None else float(score))
+        polys.append([float(v) for v in box["points"]] if box["type"] == "poly" else None)
+        counters.unscored_predictions += int(side == "pred" and score is None)
+    return ParsedBoxes(
+        np.asarray(kept, dtype=float).reshape(-1, 4),
+        np.asarray(index, dtype=int),
+        labels,
+        np.asarray(scores, dtype=float),
+        polys,
+    )
 
 
 def parse_record(record: Any, strict: bool = False, where: str = "record") -> tuple[ParsedRecord | None, ParseCounters]:
@@ -378,17 +427,32 @@ def f1_scores(
     """
     values = _check_thresholds(thresholds)
     counters = ParseCounters()
-    counts = {threshold_key(t): {"localisation": [], "full": []} for t in values}
-    matches = []
+    entries = []
     for position, record in enumerate(records):
         parsed, increments = parse_record(record, strict=strict, where=f"records[{position}]")
         counters.add(increments)
-        if parsed is None:
-            continue
+        if parsed is not None:
+            entries.append((position, record.get("sample_id"), parsed))
+    return {**f1_of_parsed(entries, values, similarity), "counters": counters.as_dict()}
+
+
+def f1_of_parsed(
+    entries: Sequence[tuple[int, Any, ParsedRecord]], thresholds: Sequence[float], similarity: Similarity | None
+) -> dict[str, Any]:
+    """:func:`f1_scores` of records already parsed: ``(position, sample_id, parsed)`` each.
+
+    Returns:
+        ``{"metrics", "matches", "counts"}`` (``counts[threshold_key][kind]``: the per-image
+        ``{tp, fp, fn}`` in the order of ``entries``).
+    """
+    values = _check_thresholds(thresholds)
+    counts = {threshold_key(t): {"localisation": [], "full": []} for t in values}
+    matches = []
+    for position, sample_id, parsed in entries:
         iou = box_iou(parsed.pred.boxes, parsed.gt.boxes)
         entry: dict[str, Any] = {"record": position}
-        if "sample_id" in record:
-            entry["sample_id"] = record["sample_id"]
+        if sample_id is not None:
+            entry["sample_id"] = sample_id
         for t in values:
             result = match_image(parsed, iou, t, similarity)
             for kind in ("localisation", "full"):
@@ -396,4 +460,4 @@ def f1_scores(
             entry[threshold_key(t)] = result
         matches.append(entry)
     metrics = {key: {kind: _aggregate(c) for kind, c in by_kind.items()} for key, by_kind in counts.items()}
-    return {"metrics": metrics, "counters": counters.as_dict(), "matches": matches}
+    return {"metrics": metrics, "matches": matches, "counts": counts}
