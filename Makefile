@@ -61,6 +61,8 @@ bench: setup
 	OMP_NUM_THREADS=1 $(PY) benchmarks/digits_cv.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/ariel_quality.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/video_postfilter.py
+	$(PY) benchmarks/shapes_det.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/detection_eval.py
 	$(PY) benchmarks/report.py
 
 bench-report: setup

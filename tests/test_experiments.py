@@ -30,8 +30,16 @@ def _ariel(root: Path) -> list[str]:
             "data.n_folds=2", "data.batch_size=2"]  # fmt: skip
 
 
+def _shapes(root: Path) -> list[str]:
+    """A tiny shapes set: 24 + 6 images of 64 px, at the detector's input size."""
+    return ["data.prepare.n_train=24", "data.prepare.n_test=6", "data.prepare.image_size=64",
+            "data.prepare.max_size=24", "data.n_folds=3", "data.batch_size=4",
+            "model.net.min_size=64", "model.net.max_size=64"]  # fmt: skip
+
+
 # Experiments over a user's own data get a small dataset of that shape; big ones a toy version.
 USER_DATA = {
+    "shapes_det": _shapes,
     "image_folder": _fruits,
     "ariel_v50": _ariel,
     "ariel_mlp": _ariel,

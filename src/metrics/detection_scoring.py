@@ -44,6 +44,7 @@ from src.metrics.detection import (
     f1_of_parsed,
     normalize_label,
     parse_record,
+    precision_recall_f1,
 )
 from src.metrics.detection_coco import STAT_NAMES, coco_files, coco_metrics, to_coco
 
@@ -178,16 +179,9 @@ def _per_sample(entries: list[tuple[int, Any, ParsedRecord]], counts: dict[str, 
         row: dict[str, Any] = {"sample_id": sample_id, "gt": len(parsed.gt.labels), "pred": len(parsed.pred.labels)}
         for key, by_kind in (counts or {}).items():
             full = by_kind["full"][k]
-            row[key] = {**full, "f1": _f1_of(full)}
+            row[key] = {**full, "f1": precision_recall_f1(**full)["f1"]}
         rows.append(row)
     return rows
-
-
-def _f1_of(counts: dict[str, int]) -> float:
-    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 def _fmt(value: float) -> str:

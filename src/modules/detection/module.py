@@ -6,7 +6,8 @@ background). The detector normalises and resizes inside (``min_size`` / ``max_si
 its losses in training mode and its detections, in the input image's pixels, in eval mode.
 
 Validation logs COCO ``val/map``, ``val/map_50``, ``val/map_75`` and ``val/mar_100`` (torchmetrics'
-``MeanAveragePrecision``, synchronised across processes). Predictions are the records of the
+``MeanAveragePrecision``, synchronised across processes) and ``val/samples`` (images scored, summed
+over the processes). Predictions are the records of the
 artifact contract that ``evaluate.py`` scores (:mod:`src.metrics.detection_scoring`).
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchmetrics import SumMetric
 from torchmetrics.detection import MeanAveragePrecision
 from typing_extensions import override
 
@@ -75,6 +77,7 @@ class Detector(PodiumModule):
         self.net = net
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=MAP_BACKEND)
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=MAP_BACKEND)
+        self.val_samples = SumMetric()
 
     @override
     def setup(self, stage: str) -> None:
@@ -123,10 +126,13 @@ class Detector(PodiumModule):
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._update_map(self.val_map, batch)
+        self.val_samples.update(len(batch["images"]))
 
     @override
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, "val")
+        self.log("val/samples", self.val_samples.compute())
+        self.val_samples.reset()
 
     @override
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
