@@ -347,3 +347,28 @@ def not_a_predictions_folder(ws: Workspace) -> list[str]:
 def records_without_task(ws: Workspace) -> list[str]:
     """Records another tool wrote, without resolved_config.json, and no task= given."""
     return [f"path={predictions(ws, classification_records(), None) / 'gt_vs_pred.jsonl'}"]
+
+
+# ---- the detection evaluator -------------------------------------------------------------------------
+
+
+def detection_record(sample_id: str, **changes: object) -> dict:
+    """A labelled 100x100 detection record: one cat, found exactly with score 0.9; ``changes`` replace keys."""
+    cat = {"type": "bbox_2d", "points": [0, 0, 10, 10], "desc": "cat"}
+    return {"sample_id": sample_id, "split": "val", "width": 100, "height": 100, "gt": [cat],
+            "pred": [{**cat, "score": 0.9}], "errors": [], **changes}  # fmt: skip
+
+
+def detection_lines(rows: list[dict | str], *overrides: str, where: str = "preds") -> Callable[[Workspace], list[str]]:
+    """A recipe: ``<root>/<where>/val/gt_vs_pred.jsonl`` of ``rows`` (dicts as JSON lines, strings as they
+    are), no resolved_config.json, evaluated with ``task=detection``."""
+
+    def build(ws: Workspace) -> list[str]:
+        import json
+
+        folder = ws.folder(*where.split("/"), "val")
+        text = "".join((r if isinstance(r, str) else json.dumps(r, sort_keys=True)) + "\n" for r in rows)
+        (folder / "gt_vs_pred.jsonl").write_text(text)
+        return [f"path={folder}", "task=detection", "log_mlflow=false", *overrides]
+
+    return build

@@ -385,6 +385,79 @@ CASES: dict[str, Case] = {
         hc.schema_version(2),
         ("<root>/preds/val/resolved_config.json: schema_version 2 is not supported (supported schema versions: 1)",),
     ),
+    # ---- evaluate.py, the detection evaluator -----------------------------------------------------
+    "evaluate-detection-records-of-another-task": Case(
+        "evaluate",
+        lambda ws: [f"path={hc.predictions(ws, hc.classification_records(), None)}", "task=detection"],
+        (
+            "<root>/preds/val/gt_vs_pred.jsonl:1: none of the 4 records is a usable detection record "
+            "(invalid_record=4)",
+            "name the right task with task=<name>",
+        ),
+    ),
+    "evaluate-detection-empty-file": Case(
+        "evaluate", hc.detection_lines([]), ("<root>/preds/val/gt_vs_pred.jsonl holds no valid record", FIX)
+    ),
+    "evaluate-detection-negative-size-strict": Case(
+        "evaluate",
+        hc.detection_lines([hc.detection_record("img0"), hc.detection_record("img1", width=-100)], "strict=true"),
+        (
+            "<root>/preds/val/gt_vs_pred.jsonl:2: record 'img1': width=-100, expected a finite number > 0",
+            "strict=false",
+        ),
+    ),
+    "evaluate-detection-negative-size-counted": Case(
+        "evaluate",
+        hc.detection_lines(
+            [hc.detection_record("img0"), hc.detection_record("img1", height=-1)], where="outputs/det/run/predictions"
+        ),
+        ("evaluated 2 of 2 detection records", "invalid_size=1"),
+        continues=True,
+    ),
+    "evaluate-detection-box-outside-strict": Case(
+        "evaluate",
+        hc.detection_lines(
+            [hc.detection_record("img0", pred=[{"type": "bbox_2d", "points": [120, 120, 130, 130], "score": 0.5}])],
+            "strict=true",
+        ),
+        ("<root>/preds/val/gt_vs_pred.jsonl:1: record 'img0': pred[0]: points=[120, 120, 130, 130] lie outside",),
+    ),
+    "evaluate-detection-nan-geometry-strict": Case(
+        "evaluate",
+        hc.detection_lines(
+            [
+                '{"errors": [], "gt": [{"type": "bbox_2d", "points": [0, 0, NaN, 10]}], "height": 100, '
+                '"pred": [], "sample_id": "nan", "split": "val", "width": 100}'
+            ],
+            "strict=true",
+        ),
+        ("<root>/preds/val/gt_vs_pred.jsonl:1: record 'nan': gt[0]: points=[0, 0, nan, 10]", "strict=false"),
+    ),
+    "evaluate-detection-unknown-metric-family": Case(
+        "evaluate",
+        hc.detection_lines([hc.detection_record("img0")], "metrics=map"),
+        ("metrics='map' is not a metric family", "metrics=<one of both|coco|f1>"),
+    ),
+    "evaluate-detection-similarity-not-callable": Case(
+        "evaluate",
+        hc.detection_lines([hc.detection_record("img0")], "similarity=src.metrics.nope.similar"),
+        ("similarity='src.metrics.nope.similar' does not name a callable", FIX),
+    ),
+    "evaluate-detection-similarity-target-missing": Case(
+        "evaluate",
+        hc.detection_lines([hc.detection_record("img0")], "similarity={_target_:src.metrics.nope.similar}"),
+        ("podium: error: options.detection:", "src.metrics.nope.similar", FIX),
+    ),
+    "evaluate-detection-bad-iou-threshold": Case(
+        "evaluate",
+        hc.detection_lines([hc.detection_record("img0")], "iou_thresholds=[0.5,1.5]"),
+        ("F1 thresholds=[0.5, 1.5]: each must be an IoU in (0, 1]", FIX),
+    ),
+    "evaluate-detection-unknown-coco-backend": Case(
+        "evaluate",
+        hc.detection_lines([hc.detection_record("img0")], "coco_backend=detectron"),
+        ("backend='detectron' is not a COCO backend", "auto, pycocotools, faster_coco_eval"),
+    ),
 }
 
 

@@ -177,8 +177,15 @@ def call_scorer(scorer: Scorer, records: list[dict[str, Any]], options: Mapping[
     """Run ``scorer`` with the options it accepts, ``strict`` too when it takes it.
 
     Raises:
-        ConfigError: An option the scorer does not take, naming it and those it takes.
+        ConfigError: An option the scorer does not take, naming it and those it takes, or one of
+            the names evaluate.py passes itself (``records``, ``strict``).
     """
+    reserved = [k for k in options if k in ("records", "strict")]
+    if reserved:
+        raise ConfigError(
+            f"options {', '.join(reserved)} of the evaluator are set by evaluate.py itself",
+            "drop them from options.<task> (strict is its own command-line key)",
+        )
     params = inspect.signature(scorer).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in options if k not in params and not takes_any]

@@ -380,7 +380,8 @@ def threshold_key(threshold: float) -> str:
     return f"iou_{threshold:g}"
 
 
-def _check_thresholds(thresholds: Iterable[float]) -> list[float]:
+def check_thresholds(thresholds: Iterable[float]) -> list[float]:
+    """The IoU thresholds as floats, each once, refused unless each is in (0, 1]."""
     values = list(thresholds)
     bad = [t for t in values if not _finite_number(t) or not 0 < t <= 1]
     if not values or bad:
@@ -425,7 +426,7 @@ def f1_scores(
         ConfigError: A threshold outside (0, 1].
         ValueError: In strict mode, at the first problem in the records.
     """
-    values = _check_thresholds(thresholds)
+    values = check_thresholds(thresholds)
     counters = ParseCounters()
     entries = []
     for position, record in enumerate(records):
@@ -445,7 +446,7 @@ def f1_of_parsed(
         ``{"metrics", "matches", "counts"}`` (``counts[threshold_key][kind]``: the per-image
         ``{tp, fp, fn}`` in the order of ``entries``).
     """
-    values = _check_thresholds(thresholds)
+    values = check_thresholds(thresholds)
     counts = {threshold_key(t): {"localisation": [], "full": []} for t in values}
     matches = []
     for position, sample_id, parsed in entries:

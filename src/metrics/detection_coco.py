@@ -99,7 +99,8 @@ class CocoData:
         return tuple(t for t in IOU_TYPES if t in self.gt)
 
 
-def _category_names(parsed: list[tuple[str, ParsedRecord]], categories: Sequence[str] | None) -> list[str]:
+def category_names(parsed: list[tuple[str, ParsedRecord]], categories: Sequence[str] | None) -> list[str]:
+    """The normalised category names: ``categories`` (checked), or the ground-truth labels seen."""
     if categories is None:
         return sorted({normalize_label(label) for _, record in parsed for label in record.gt.labels})
     if isinstance(categories, str):
@@ -161,7 +162,7 @@ def to_coco(
             false (naming how many), or ``categories`` repeats a name.
     """
     parsed = list(parsed)
-    names = _category_names(parsed, categories)
+    names = category_names(parsed, categories)
     cat_ids = {name: i + 1 for i, name in enumerate(names)}
     counters = dict.fromkeys(COUNTER_NAMES, 0)
     unscored = _count_unscored(parsed, cat_ids)
@@ -239,7 +240,8 @@ def coco_files(coco_data: CocoData) -> dict[str, Any]:
     return files
 
 
-def _backend(backend: str) -> str:
+def check_backend(backend: str) -> str:
+    """The backend ``backend`` runs (``auto`` resolved), refused unless known."""
     if backend == "auto":
         return AUTO_BACKEND
     if backend not in BACKENDS:
@@ -320,7 +322,7 @@ def coco_metrics(coco_data: CocoData, iou_type: str = "bbox", backend: str = "au
     Raises:
         ConfigError: An unknown backend, or an ``iou_type`` the data does not hold.
     """
-    name = _backend(backend)
+    name = check_backend(backend)
     if iou_type not in coco_data.gt:
         held = ", ".join(coco_data.iou_types)
         fix = "use iou_type=bbox" if iou_type == "segm" else f"use one of {held}"

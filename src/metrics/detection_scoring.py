@@ -14,11 +14,11 @@ other tool (a vision-language model that writes boxes as text, say) in the recor
   localisation (labels ignored) and full (labels agree), micro and macro, with ``matches.jsonl``;
 * ``both`` (the default).
 
-Everything it cannot use is counted, never raised, unless ``strict`` (then the first problem
-stops ``evaluate.py`` with ``<path>:<line>``): records that are not detection records
+Everything it cannot use is counted, never raised: records that are not detection records
 (``invalid_record``), without size (``missing_size``), of another image size (``size_mismatch``),
-boxes with bad geometry or score, boxes clipped or outside the image, empty predictions, labels
-that are no category (``unknown_labels``), and unscored predictions (COCO refuses them unless
+boxes with bad geometry or score, boxes clipped or outside the image (``strict`` stops at the
+first of these with ``<path>:<line>``), and, never stopping ``strict``, empty predictions, labels
+that are no category (``unknown_labels``) and unscored predictions (COCO refuses them unless
 ``allow_unscored`` scores them 1.0, which the output then says).
 
 Categories are the ground-truth labels seen (normalised), unless ``categories`` names them.
@@ -27,6 +27,7 @@ Categories are the ground-truth labels seen (normalised), unless ``categories`` 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -41,12 +42,13 @@ from src.metrics.detection import (
     ParsedBoxes,
     ParsedRecord,
     Similarity,
+    check_thresholds,
     f1_of_parsed,
     normalize_label,
     parse_record,
     precision_recall_f1,
 )
-from src.metrics.detection_coco import STAT_NAMES, coco_files, coco_metrics, to_coco
+from src.metrics.detection_coco import STAT_NAMES, category_names, check_backend, coco_files, coco_metrics, to_coco
 
 #: Values of ``metrics=``.
 METRIC_FAMILIES = ("both", "coco", "f1")
@@ -78,20 +80,39 @@ def word_overlap(threshold: float = 0.5) -> Similarity:
     return similar
 
 
+def _takes_two(function: Any) -> bool:
+    """Whether ``function`` can be called with two positional arguments."""
+    try:
+        inspect.signature(function).bind("pred", "gt")
+    except TypeError:
+        return False
+    except ValueError:  # a builtin without a signature: let the call decide
+        return True
+    return True
+
+
 def resolve_similarity(similarity: Similarity | str | None) -> Similarity | None:
     """The label similarity: a callable, a dotted path to one, or None (exact after normalisation).
 
     Raises:
         ConfigError: A path that does not name a callable.
     """
-    if similarity is None or callable(similarity):
+    if similarity is None:
+        return None
+    if callable(similarity):
+        if not _takes_two(similarity):
+            raise ConfigError(
+                f"similarity={similarity!r} is not a callable (pred_desc, gt_desc) -> bool",
+                "give such a function, or a factory's result as a _target_ node "
+                "(similarity={_target_: src.metrics.detection_scoring.word_overlap, threshold: 0.5})",
+            )
         return similarity
     module, _, name = str(similarity).rpartition(".")
     try:
         found = getattr(importlib.import_module(module), name) if module else None
     except (ImportError, AttributeError):
         found = None
-    if not callable(found):
+    if not callable(found) or not _takes_two(found):
         raise ConfigError(
             f"similarity={similarity!r} does not name a callable (pred_desc, gt_desc) -> bool",
             "pass a dotted path to such a function, or a _target_ node "
@@ -100,7 +121,13 @@ def resolve_similarity(similarity: Similarity | str | None) -> Similarity | None
     return found
 
 
-def _check_options(metrics: str, allow_unscored: Any, f1_min_score: Any) -> None:
+def _check_options(
+    metrics: str, allow_unscored: Any, f1_min_score: Any, thresholds: Any, categories: Any, backend: str
+) -> None:
+    """Refuse a bad option before any record is scored (a COCO pass over a large file takes seconds)."""
+    check_thresholds(thresholds)
+    check_backend(backend)
+    category_names([], categories)
     if metrics not in METRIC_FAMILIES:
         raise ConfigError(
             f"metrics={metrics!r} is not a metric family", f"pass metrics=<one of {'|'.join(METRIC_FAMILIES)}>"
@@ -177,6 +204,9 @@ def _per_sample(entries: list[tuple[int, Any, ParsedRecord]], counts: dict[str, 
     rows = []
     for k, (_, sample_id, parsed) in enumerate(entries):
         row: dict[str, Any] = {"sample_id": sample_id, "gt": len(parsed.gt.labels), "pred": len(parsed.pred.labels)}
+        if counts:  # the predictions F1 scored (f1_min_score leaves low-scored ones out)
+            first = next(iter(counts.values()))["localisation"][k]
+            row["pred_f1"] = first["tp"] + first["fp"]
         for key, by_kind in (counts or {}).items():
             full = by_kind["full"][k]
             row[key] = {**full, "f1": precision_recall_f1(**full)["f1"]}
@@ -263,7 +293,7 @@ def score_records(
         ConfigError: An option out of range, or unscored predictions without ``allow_unscored``.
         RecordError: No usable record at all, or (strict) the first unusable one.
     """
-    _check_options(metrics, allow_unscored, f1_min_score)
+    _check_options(metrics, allow_unscored, f1_min_score, iou_thresholds, categories, backend)
     similar = resolve_similarity(similarity)
     entries, parse_counters = _parse_all(records, strict)
     counters = {k: v for k, v in parse_counters.as_dict().items() if k not in _SPINE_COUNTED}
