@@ -1,4 +1,4 @@
-"""predict.py and evaluate.py for every experiment family (classification, Ariel, post-filter).
+"""predict.py and evaluate.py for every experiment family (classification, Ariel, post-filter, detection).
 
 Each family trains one toy run in-process and predicts its validation split once (module-scoped
 fixture). The tests then check that predicting again writes byte-identical records, that a copy of
@@ -26,7 +26,7 @@ from src.core.predicting import predict
 from src.core.training import train
 from tests.conftest import TINY_MODEL, compose_cfg, mlflow_runs, read_metrics
 from tests.entry_harness import EntryResult, run_entry_point
-from tests.test_experiments import _ariel
+from tests.test_experiments import _ariel, _shapes
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "run_name=toy"]
 
@@ -62,6 +62,11 @@ def video_elsewhere(root: Path) -> list[str]:
     clip.parent.mkdir()
     encode(source, CodecSettings(name="libx264", crf=4, preset="ultrafast"), clip)
     return [f"data.source={clip}"]
+
+
+def detection_elsewhere(root: Path) -> list[str]:
+    """Another shapes set (other data seed), written on first use."""
+    return [f"data.root={root / 'data' / 'shapes_other'}", "data.prepare.seed=5"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,12 @@ FAMILIES = {
         {"psnr": "val/psnr", "ssim": "val/ssim", "psnr_gain": "val/psnr_gain", "psnr_decoded": "val/psnr_decoded"},
         "frames",
         video_elsewhere,
+    ),
+    "detection": Family(
+        ("experiment=shapes_det", *_shapes(Path()), "trainer.max_epochs=1", "logger=csv"),
+        {"bbox/AP50": "val/map_50", "bbox/AP": "val/map", "bbox/AP75": "val/map_75", "bbox/AR100": "val/mar_100"},
+        "detections.csv",
+        detection_elsewhere,
     ),
 }  # fmt: skip
 
@@ -250,7 +261,8 @@ def test_evaluate_scores_a_file_written_by_another_tool(tmp_path: Path, run) -> 
         and "podium: error: the task of" in unnamed.err
         and "has no resolved_config.json" in unnamed.err
     )
-    assert "task=<one of classification, ariel, postfilter>" in unnamed.err and "Traceback" not in unnamed.err
+    assert "task=<one of classification, ariel, postfilter, detection>" in unnamed.err
+    assert "Traceback" not in unnamed.err
     assert not (path.parent / "eval").exists()
 
     result = run("evaluate", f"path={path}", "task=classification")

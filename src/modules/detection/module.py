@@ -107,7 +107,10 @@ class Detector(PodiumModule):
         return checked
 
     def _detections(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
-        return self.net(batch["images"])
+        """The detector's boxes per image, background (label 0) left out: FCOS and RetinaNet score
+        every output class with a sigmoid, the background's included, so they can report it."""
+        detections = self.net(batch["images"])
+        return [{k: v[d["labels"] > 0] for k, v in d.items()} for d in detections]
 
     def _update_map(self, metric: MeanAveragePrecision, batch: dict[str, Any]) -> None:
         detections = self._detections(batch)

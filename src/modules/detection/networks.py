@@ -21,6 +21,8 @@ which loads the rest (a new head on pretrained features).
 
 from __future__ import annotations
 
+import inspect
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models import detection
+from torchvision.models.detection.ssd import SSD
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from src.core.checkpoint_io import UNREADABLE
 from src.core.errors import ConfigError, DataError
 
 #: torchvision builders selectable by name (each takes weights, weights_backbone, num_classes).
@@ -84,6 +88,32 @@ class TimmFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
 
+def _read_weights(file: Path, key: str) -> Any:
+    """The object in a weights file: tensors only first; a checkpoint of a podium run (it holds
+    the config's optimizer partials, which ``weights_only`` refuses) is then unpickled in full, so
+    point these keys only at files you trust.
+
+    Raises:
+        DataError: The file is not a torch file (empty, text, another format, damaged).
+    """
+    fix = "save it with torch.save(model.state_dict()), or point at a checkpoints/*.ckpt of a run"
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc).replace(" ", "_").lower():
+            raise DataError(f"{key}={file} is not a torch state dict ({str(exc)[:160]})", fix) from exc
+    except (*UNREADABLE, KeyError) as exc:
+        raise DataError(
+            f"{key}={file} is not a torch state dict ({type(exc).__name__}: {str(exc)[:160]})", fix
+        ) from exc
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except (*UNREADABLE, KeyError, AttributeError, ImportError) as exc:
+        raise DataError(
+            f"{key}={file} is not a torch state dict ({type(exc).__name__}: {str(exc)[:160]})", fix
+        ) from exc
+
+
 def load_state(module: nn.Module, path: str, key: str, strict: bool = True) -> None:
     """Load a local state dict file into ``module``.
 
@@ -97,12 +127,7 @@ def load_state(module: nn.Module, path: str, key: str, strict: bool = True) -> N
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"{key}={path}: no such file", f"point {key} at a local state-dict file, or null")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise DataError(
-            f"{key}={path} is not a torch state dict ({exc})", "save it with torch.save(state_dict)"
-        ) from exc
+    state = _read_weights(file, key)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -137,6 +162,29 @@ def _composed(
     return model(body, num_classes=num_classes, **kwargs)
 
 
+#: The detector class behind each arch (its keywords are the ones a config may pass).
+_CLASSES = {"fasterrcnn": detection.FasterRCNN, "fcos": detection.FCOS, "retinanet": detection.RetinaNet,
+            "ssd": SSD}  # fmt: skip
+#: Keywords every detector hands to its ``GeneralizedRCNNTransform``.
+_TRANSFORM_KEYWORDS = ("size_divisible", "fixed_size")
+
+
+def _check_keywords(arch: str, kwargs: dict[str, Any]) -> None:
+    """Refuse keywords the detector would silently drop (torchvision passes unknown ones to its
+    transform, which ignores them: a misspelt ``score_thresh`` would change nothing)."""
+    family = next((name for name in _CLASSES if arch.startswith(name)), None)
+    if family is None or not kwargs:
+        return
+    params = inspect.signature(_CLASSES[family].__init__).parameters
+    known = {k for k in params if k not in ("self", "backbone", "num_classes", "kwargs")} | set(_TRANSFORM_KEYWORDS)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ConfigError(
+            f"model.net ({arch}): {', '.join(unknown)} is not a keyword of torchvision's {_CLASSES[family].__name__}",
+            f"drop or rename that key under model.net (it takes: {', '.join(sorted(known))})",
+        )
+
+
 def build_detector(
     arch: str,
     num_classes: int,
@@ -161,8 +209,9 @@ def build_detector(
         weights_path: Local state dict of the whole detector.
         backbone_weights_path: Local state dict of the timm backbone (composed archs).
         strict_weights: Refuse a ``weights_path`` whose tensors do not all fit.
-        **kwargs: Passed to the detector (``min_size``, ``max_size``, ``score_thresh``,
-            ``box_score_thresh``, ``detections_per_img``, ...).
+        **kwargs: Passed to the detector (``min_size``, ``max_size``, ``detections_per_img``, and
+            ``score_thresh`` for FCOS / RetinaNet, ``box_score_thresh`` for Faster R-CNN, ...); a
+            keyword the detector class does not take is refused.
 
     Raises:
         ConfigError: An unknown arch, a bad class count or a keyword the detector refuses.
@@ -173,6 +222,7 @@ def build_detector(
         )
     if isinstance(fpn_channels, bool) or not isinstance(fpn_channels, int) or fpn_channels < 8:
         raise ConfigError(f"model.net.fpn_channels={fpn_channels!r} is not a whole number >= 8", "e.g. 64 or 256")
+    _check_keywords(arch, kwargs)
     try:
         if arch in COMPOSED:
             net = _composed(arch, num_classes + 1, backbone, fpn_channels, backbone_weights_path, **kwargs)
