@@ -21,8 +21,7 @@ import pytest
 
 from src.core.training import train
 from tests.conftest import compose_cfg, mlflow_runs, read_metrics, train_runner
-from tests.entry_harness import run_entry_point
-from tests.test_experiments import _ariel, _shapes
+from tests.test_experiments import _ariel
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null"]
 # Six simulated planets, two folds: 3 train planets, 3 validation planets, global batch 2 (1 per
@@ -35,7 +34,6 @@ VIDEO = ["experiment=video_postfilter", "data=video_toy", "data.patches_per_epoc
          *QUIET]  # fmt: skip
 # 24 shape images of 64 px in three folds: 16 train, 8 validation; global batch 4 (2 per process):
 # 4 steps, then validation (4 + 4 images under DDP) and the 6 test images (3 + 3).
-DETECTION = ["experiment=shapes_det", "trainer.max_epochs=1", *QUIET]
 # A second logger beside MLflow, so the run directory lists the same files as the csv-only runs.
 DDP = ["trainer=ddp_sim", "logger=[csv,mlflow]", "run_name=ddp"]
 # Lightning restarts train.py for rank 1 with this Hydra job name: the one file rank 1 may write.
@@ -98,11 +96,6 @@ def video(family_root: Path) -> FamilyRuns:
     return FamilyRuns(family_root, "video_postfilter", VIDEO)
 
 
-@pytest.fixture(scope="module")
-def detection(family_root: Path) -> FamilyRuns:
-    return FamilyRuns(family_root, "shapes_det", [*DETECTION, *_shapes(family_root)])
-
-
 def assert_ddp_run_like_single(runs: FamilyRuns) -> tuple[dict, dict]:
     """The checks every family shares; returns (single metrics, ddp metrics)."""
     ddp_dir, single_dir = runs.ddp(), runs.single()
@@ -156,30 +149,6 @@ def test_video_ddp_sim_passes_qat_and_scores_every_frame(video: FamilyRuns) -> N
 @pytest.mark.slow
 def test_video_same_seed_same_metrics_other_seed_other_loss(video: FamilyRuns) -> None:
     assert_same_seed_same_metrics(video)
-
-
-@pytest.mark.slow
-def test_detection_ddp_sim_scores_every_image_once(
-    detection: FamilyRuns, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """The DDP run's mAP is over the images of both processes: its last checkpoint, predicted on one
-    process and scored offline, gives the mAP the two processes logged."""
-    from src.core.predicting import predict
-
-    single, ddp = assert_ddp_run_like_single(detection)
-    assert ddp["val/samples"] == single["val/samples"] == 8
-    assert {"test/map", "test/map_50"} <= set(ddp) and 0 < ddp["val/map_50"] <= 1  # not a trivial 0 == 0 below
-    folder = predict(compose_cfg([*detection.args, "run_name=ddp", "split=val"], detection.root, "predict"))
-    result = run_entry_point("evaluate", [f"path={folder}", "log_mlflow=false"], tmp_path, monkeypatch, capfd)
-    assert result.code == 0, result.output[-3000:]
-    scored = json.loads((folder / "eval" / "metrics.json").read_text())["metrics"]
-    for metric, key in (("bbox/AP50", "val/map_50"), ("bbox/AP", "val/map"), ("bbox/AR100", "val/mar_100")):
-        assert scored[metric] == pytest.approx(ddp[key], rel=1e-5, abs=1e-6), metric
-
-
-@pytest.mark.slow
-def test_detection_same_seed_same_metrics_other_seed_other_loss(detection: FamilyRuns) -> None:
-    assert_same_seed_same_metrics(detection)
 
 
 def test_ariel_polyfit_refuses_ddp_with_a_clear_error(family_root: Path) -> None:
