@@ -45,12 +45,11 @@ from src.core.artifacts import (
     build_summary,
     read_record_lines,
     read_resolved_config,
-    record_counts,
     write_artifact,
 )
 from src.core.contracts import TaskModule
 from src.core.errors import ConfigError, DataError
-from src.core.evaluating import import_scorer, score_usable, write_evaluation
+from src.core.evaluating import evaluation_counters, import_scorer, score_usable, write_evaluation
 from src.core.io import atomic_path, write_json_atomic
 from src.core.lifecycle import RunLifecycle, build_components
 from src.core.mlflow_client import RunSpec
@@ -250,7 +249,7 @@ def merge_records(cfg: DictConfig, parent: RunDir, n_folds: int) -> dict[str, An
     lines = list(range(1, len(rows) + 1))
     evaluation, scored = score_usable(out / RECORDS_FILE, rows, lines, scorer)
     metrics = evaluation.metrics
-    write_evaluation(out, evaluation, {**record_counts(rows), "scored": scored, **evaluation.counters})
+    write_evaluation(out, evaluation, evaluation_counters(rows, scored, evaluation.counters))
     return {**{f"oof/{k}": v for k, v in metrics.items()}, **_oof_score(cfg, metrics), "oof/samples": len(rows)}
 
 

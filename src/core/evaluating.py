@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,9 +243,12 @@ def log_to_mlflow(resolved: Mapping[str, Any] | None, prefix: str, metrics: Mapp
     return "mlflow_logged"
 
 
-def _counters(
-    reader: Counter[str], records: list[dict[str, Any]], scored: int, scorer: Mapping[str, int]
+def evaluation_counters(
+    records: list[dict[str, Any]], scored: int, scorer: Mapping[str, int], reader: Mapping[str, int] | None = None
 ) -> dict[str, int]:
+    """The counters of ``metrics.json``: the records' counts, how many were scored, the reader's
+    skipped lines and the scorer's own counters."""
+    reader = reader or {}
     counters = {**record_counts(records), "scored": scored}
     counters.update(sorted(reader.items()))
     counters.update(scorer)
@@ -301,7 +303,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"{path} holds no valid record ({detail})", f"point path at a {RECORDS_FILE} written by predict.py"
         )
     evaluation, scored = score_usable(path, records, lines, scorer, options, strict)
-    counters = _counters(reader, records, scored, evaluation.counters)
+    counters = evaluation_counters(records, scored, evaluation.counters, reader)
     if bool(cfg.log_mlflow) and evaluation.metrics:
         counters[log_to_mlflow(resolved, f"{EVAL_DIR}/{folder.name}", evaluation.metrics)] = 1
     write_evaluation(folder, evaluation, counters)

@@ -35,7 +35,7 @@ Conventions:
   ``allow_unscored`` scores it 1.0 (``scored_as_one``).
 
 Both backends give the same numbers (equal to 1e-12 in the tests, identical on the benchmark's
-500,000 predictions); ``"auto"`` runs faster-coco-eval, about five times faster here (see
+500,000 predictions); ``"auto"`` runs faster-coco-eval, about seven times faster here (see
 :data:`AUTO_BACKEND` for the measurement).
 """
 
@@ -58,11 +58,10 @@ from src.metrics.detection import ParsedRecord, normalize_label
 IOU_TYPES = ("bbox", "segm")
 #: The evaluation libraries :func:`coco_metrics` can run.
 BACKENDS = ("pycocotools", "faster_coco_eval")
-#: What ``backend="auto"`` runs. Measured with ``OMP_NUM_THREADS=1 python benchmarks/detection_eval.py``
-#: (5,000 images x 100 predictions, 5-10 ground-truth boxes per image, 3 categories; 2 data seeds; a
-#: shared 2-core AMD EPYC, load about 3): :func:`coco_metrics` took 9.4 ± 0.4 s with faster-coco-eval
-#: and 45.6 ± 1.8 s with pycocotools (ratio 0.21); the libraries alone on the same data as COCO JSON
-#: files (load, evaluate, accumulate, summarize) 14.5 ± 0.3 s and 52.7 ± 9.3 s.
+#: What ``backend="auto"`` runs. Measured by ``OMP_NUM_THREADS=1 python benchmarks/detection_eval.py``
+#: (benchmarks/results/detection_eval.json: 5,000 images x 100 predictions, 2 data seeds, 2-core
+#: CPU): :func:`coco_metrics` took 6.0 s with faster-coco-eval and 43.6 s with pycocotools on the
+#: same in-memory data; the libraries alone from COCO JSON files 9.8 s and 46.9 s.
 AUTO_BACKEND = "faster_coco_eval"
 #: Names of the twelve COCO summary statistics, in ``COCOeval.stats`` order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
