@@ -530,7 +530,7 @@ def test_quarantined_image_is_dropped_and_the_run_continues(tmp_path: Path, capl
 
 def test_decode_verdicts_are_cached_until_a_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Later setups skip decoding unchanged files; a rewritten file is decoded again."""
-    from src.datamodules.images import integrity
+    from src.datamodules import integrity
 
     root = make_fruit_set(tmp_path / "fruits", with_test=False)
     fruit_dm(root).prepare_data()

@@ -18,7 +18,7 @@ from src.core.errors import ConfigError, DataError
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
 from src.datamodules.images.augment import build_transform, check_profile
-from src.datamodules.images.integrity import BAD_IMAGE_POLICIES, undecodable
+from src.datamodules.integrity import BAD_IMAGE_POLICIES, undecodable
 from src.datamodules.images.layout import ImageTable, fingerprint, read_split
 from src.datamodules.seeding import SeededDistributedSampler, SeededWeightedSampler
 
@@ -185,7 +185,7 @@ class ImageFolderDataModule(PodiumDataModule):
         """The ``train`` (and ``test``) splits resolved to files and checked, read once.
 
         Every image is decoded once (verdicts cached in the dataset folder, see
-        :mod:`~src.datamodules.images.integrity`); what happens to undecodable ones follows
+        :mod:`~src.datamodules.integrity`); what happens to undecodable ones follows
         ``data.bad_images``.
 
         Raises:
