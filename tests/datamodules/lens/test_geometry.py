@@ -40,7 +40,7 @@ def test_torch_new_camera_matrix_is_opencvs(camera: Camera) -> None:
     params = [
         torch.tensor([v], dtype=torch.float64) for v in (camera.k1, camera.k2, camera.cx, camera.cy, camera.focal)
     ]
-    fx, fy, px, py, nfx, nfy, npx, npy = torch_new_camera(*params, width, height)
+    fx, _, px, py, nfx, nfy, npx, npy = torch_new_camera(*params, width, height)
     got = np.array([float(nfx), float(nfy), float(npx), float(npy)])
     np.testing.assert_allclose(got, expected[[0, 1, 0, 1], [0, 1, 2, 2]], rtol=1e-6)
     np.testing.assert_allclose([float(fx), float(px), float(py)], camera.matrix(width, height)[[0, 0, 1], [0, 2, 2]])
