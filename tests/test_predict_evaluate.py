@@ -1,4 +1,4 @@
-"""predict.py and evaluate.py for every experiment family (classification, Ariel, post-filter, detection).
+"""predict.py and evaluate.py for every experiment family (classification, Ariel, post-filter, detection, lens).
 
 Each family trains one toy run in-process and predicts its validation split once (module-scoped
 fixture). The tests then check that predicting again writes byte-identical records, that a copy of
@@ -26,7 +26,7 @@ from src.core.predicting import predict
 from src.core.training import train
 from tests.conftest import TINY_MODEL, compose_cfg, mlflow_runs, read_metrics
 from tests.entry_harness import EntryResult, run_entry_point
-from tests.test_experiments import _ariel, _shapes
+from tests.test_experiments import _ariel, _lens, _shapes
 
 QUIET = ["extras.print_config=false", "callbacks.rich_progress_bar=null", "run_name=toy"]
 
@@ -67,6 +67,11 @@ def video_elsewhere(root: Path) -> list[str]:
 def detection_elsewhere(root: Path) -> list[str]:
     """Another shapes set (other data seed), written on first use."""
     return [f"data.root={root / 'data' / 'shapes_other'}", "data.prepare.seed=5"]
+
+
+def lens_elsewhere(root: Path) -> list[str]:
+    """Another simulated lens set (other data seed), written on first use."""
+    return [f"data.root={root / 'data' / 'lens_other'}", "data.prepare.seed=5"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,13 @@ FAMILIES = {
         {"bbox/AP50": "val/map_50", "bbox/AP": "val/map", "bbox/AP75": "val/map_75", "bbox/AR100": "val/mar_100"},
         "detections.csv",
         detection_elsewhere,
+    ),
+    # Validation scores photos at the working size, predict.py at their own: only the counts agree.
+    "lens": Family(
+        ("experiment=lens_bucket", *_lens(Path()), "logger=csv"),
+        {},
+        "submission.zip",
+        lens_elsewhere,
     ),
 }  # fmt: skip
 
@@ -261,7 +273,7 @@ def test_evaluate_scores_a_file_written_by_another_tool(tmp_path: Path, run) -> 
         and "podium: error: the task of" in unnamed.err
         and "has no resolved_config.json" in unnamed.err
     )
-    assert "task=<one of classification, ariel, postfilter, detection>" in unnamed.err
+    assert "task=<one of classification, ariel, postfilter, detection, lens>" in unnamed.err
     assert "Traceback" not in unnamed.err
     assert not (path.parent / "eval").exists()
 

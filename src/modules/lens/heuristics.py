@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,8 +48,8 @@ class SearchGrid:
     grid's best, on both axes.
     """
 
-    k1: tuple[float, float, float] = (-0.40, 0.10, 0.05)
-    k2: tuple[float, float, float] = (-0.20, 0.60, 0.10)
+    k1: tuple[float, float, float] = (-0.50, 0.10, 0.05)
+    k2: tuple[float, float, float] = (-0.10, 0.40, 0.10)
     micro_steps: int = 2
     micro_divisor: int = 4
 
@@ -135,6 +135,14 @@ class CoefficientTable:
             buckets={k: Fit.from_dict(v) for k, v in values.get("buckets", {}).items()},
         )
 
+    def training_score(self) -> float:
+        """The mean training score of the search: each bucket's own fit where it has one, the global
+        fit's for the remaining pairs."""
+        own = sum(f.score * f.count for f in self.buckets.values())
+        counted = sum(f.count for f in self.buckets.values())
+        rest = max(self.global_fit.count - counted, 0)
+        return (own + self.global_fit.score * rest) / max(counted + rest, 1)
+
     @classmethod
     def identity(cls) -> CoefficientTable:
         return cls(method="identity", global_fit=Fit(Camera(), math.nan, 0))
@@ -156,30 +164,45 @@ def mean_score(pairs: Sequence[Pair], camera: Camera, scorer: Scorer) -> float:
     return total / max(len(pairs), 1)
 
 
+def _mean_scores(pairs: Sequence[Pair], candidates: Sequence[tuple[float, float]], scorer: Scorer) -> list[float]:
+    """The mean score of each ``(k1, k2)`` candidate over ``pairs`` (-inf where it leaves a frame).
+
+    Pairs are the outer loop so that the scorer's cache of the target's features serves every
+    candidate of a pair.
+    """
+    totals = [0.0] * len(candidates)
+    for pair in pairs:
+        for c, (k1, k2) in enumerate(candidates):
+            if totals[c] == -math.inf:
+                continue
+            try:
+                corrected = undistort(pair.input, Camera(k1, k2))
+            except FrameError:
+                totals[c] = -math.inf
+                continue
+            totals[c] += float(scorer(corrected, pair.target).score)
+    return [t / max(len(pairs), 1) for t in totals]
+
+
 def grid_search(pairs: Sequence[Pair], grid: SearchGrid, scorer: Scorer) -> Fit:
     """The best ``(k1, k2)`` for ``pairs``: the coarse grid, then the finer grid around its best.
 
     Ties keep the earlier candidate (the coarse grid's order), so the result is deterministic.
     """
-
-    def best(candidates: Iterable[tuple[float, float]], start: tuple[float, float, float] | None) -> tuple:
-        top = start
-        for k1, k2 in candidates:
-            if top is not None and (k1, k2) == top[1:]:
-                continue
-            value = mean_score(pairs, Camera(k1, k2), scorer)
-            if top is None or value > top[0]:
-                top = (value, k1, k2)
-        return top
-
-    coarse = best(grid.coarse(), None)
-    fine = best(grid.micro(coarse[1], coarse[2]), coarse)
-    if not math.isfinite(fine[0]):
+    coarse = grid.coarse()
+    scores = _mean_scores(pairs, coarse, scorer)
+    best = max(range(len(coarse)), key=lambda c: (scores[c], -c))
+    top = (scores[best], *coarse[best])
+    micro = [c for c in grid.micro(top[1], top[2]) if c != top[1:]]
+    for (k1, k2), value in zip(micro, _mean_scores(pairs, micro, scorer), strict=True):
+        if value > top[0]:
+            top = (value, k1, k2)
+    if not math.isfinite(top[0]):
         raise ConfigError(
             f"every candidate of model.search ({grid}) leaves the frame of the training photos",
             "narrow model.search.k1 / model.search.k2 towards 0",
         )
-    return Fit(Camera(fine[1], fine[2]), float(fine[0]), len(pairs))
+    return Fit(Camera(top[1], top[2]), float(top[0]), len(pairs))
 
 
 def fit_table(
@@ -189,27 +212,37 @@ def fit_table(
 
     Args:
         pairs: Training pairs (input and target at the fit's resolution).
-        method: ``identity`` (no camera), ``global`` (one camera) or ``bucket`` (per bucket, with
-            fallback to the parent's fit, then the global one, below ``min_support`` pairs).
+        method: ``identity`` (no camera; its training score is still measured), ``global`` (one
+            camera) or ``bucket`` (per bucket, with fallback to the parent's fit, then the global
+            one, below ``min_support`` pairs).
         grid: The coefficient grid.
         scorer: ``scorer(prediction, target).score``, 0-100.
         min_support: Fewest pairs a bucket or parent needs for a fit of its own.
     """
     if method not in METHODS:
         raise ConfigError(f"model.method={method!r} is not a heuristic", f"use one of {list(METHODS)}")
-    if method == "identity":
-        return CoefficientTable.identity()
     if not pairs:
+        if method == "identity":
+            return CoefficientTable.identity()
         raise ConfigError("there are no labelled training pairs to fit coefficients on", "check data.root")
+    if method == "identity":
+        return CoefficientTable(method, Fit(Camera(), mean_score(pairs, Camera(), scorer), len(pairs)))
     table = CoefficientTable(method=method, global_fit=grid_search(pairs, grid, scorer))
     log.info("global fit: %s (score %.2f on %d pairs)", table.global_fit.camera.as_dict(), table.global_fit.score,
              len(pairs))  # fmt: skip
     if method == "bucket":
+        counts: dict[str, int] = {}
+        for pair in pairs:
+            counts[pair.bucket] = counts.get(pair.bucket, 0) + 1
+        # An orientation is fitted only when one of its buckets lacks support and needs its fallback.
+        needed = {pair.parent for pair in pairs if counts[pair.bucket] < min_support}
         for level, key in (("parents", "parent"), ("buckets", "bucket")):
             groups: dict[str, list[Pair]] = {}
             for pair in pairs:
                 groups.setdefault(getattr(pair, key), []).append(pair)
             for name, members in sorted(groups.items()):
+                if key == "parent" and name not in needed:
+                    continue
                 if len(members) >= min_support:
                     fit = grid_search(members, grid, scorer)
                     getattr(table, level)[name] = fit
