@@ -372,3 +372,60 @@ def detection_lines(rows: list[dict | str], *overrides: str, where: str = "preds
         return [f"path={folder}", "task=detection", "log_mlflow=false", *overrides]
 
     return build
+
+
+# ---- lens correction -----------------------------------------------------------------------------
+
+#: The lens experiment on a tiny simulated set at ``<root>/data/lens_bad`` (written by ``lens_set``).
+LENS = ["experiment=lens_bucket", "data=lens_toy", "data.prepare=null", "model.search.k1=[-0.2,0.0,0.1]",
+        "model.search.k2=[0.0,0.0,0.1]", "model.search.micro_steps=0", "model.fit_per_bucket=2",
+        "data.n_folds=2"]  # fmt: skip
+
+
+def lens_set(ws: Workspace) -> Path:
+    """A fresh simulated lens set (12 pairs, 3 test photos) at ``<root>/data/lens_bad``."""
+    from src.datamodules.lens.simulate import write_lens_set
+
+    return write_lens_set(ws.root / "data" / "lens_bad", n_train=12, n_test=3, seed=1)
+
+
+def lens_case(damage: Callable[[Path], object], *extra: str) -> Callable[[Workspace], list[str]]:
+    """The lens set damaged by ``damage(root)``, with the overrides that read it."""
+
+    def build(ws: Workspace) -> list[str]:
+        root = lens_set(ws)
+        damage(root)
+        return [*LENS, f"data.root={root}", *extra]
+
+    return build
+
+
+def lens_first(root: Path, suffix: str) -> Path:
+    """The first training file ending in ``suffix`` (``_original.jpg`` or ``_generated.jpg``)."""
+    return sorted((root / "lens-correction-train-cleaned").glob(f"*{suffix}"))[0]
+
+
+def lens_truncate_input(root: Path) -> None:
+    path = lens_first(root, "_original.jpg")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def lens_shrink_target(root: Path) -> None:
+    from PIL import Image
+
+    path = lens_first(root, "_generated.jpg")
+    with Image.open(path) as img:
+        img.resize((img.width - 8, img.height)).save(path, quality=90)
+
+
+def lens_grey_input(root: Path) -> None:
+    from PIL import Image
+
+    path = lens_first(root, "_original.jpg")
+    with Image.open(path) as img:
+        img.convert("L").save(path, quality=90)
+
+
+def lens_case_collision(root: Path) -> None:
+    first = sorted((root / "test-originals").glob("*.jpg"))[0]
+    (first.parent / first.name.upper()).write_bytes(first.read_bytes())

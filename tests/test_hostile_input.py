@@ -143,6 +143,32 @@ CASES: dict[str, Case] = {
     "image-folder-truncated-test-image": Case(
         "train", hc.truncated_test_png, ("cannot be decoded: test/t4.png", "data.bad_images=quarantine")
     ),
+    # ---- train.py, lens_* -----------------------------------------------------------------------
+    "lens-truncated-input": Case(
+        "train",
+        hc.lens_case(hc.lens_truncate_input),
+        ("_original.jpg cannot be decoded", "data.bad_images=quarantine"),
+    ),
+    "lens-pair-sizes-differ": Case(
+        "train",
+        hc.lens_case(hc.lens_shrink_target),
+        ("_generated.jpg is", "but its partner", "_original.jpg is"),
+    ),
+    "lens-grey-input": Case(
+        "train",
+        hc.lens_case(hc.lens_grey_input),
+        ("_original.jpg is grey-scale (mode L)", "8-bit RGB"),
+    ),
+    "lens-test-names-collide-after-case-folding": Case(
+        "train",
+        hc.lens_case(hc.lens_case_collision),
+        ("once letter case", "test-originals"),
+    ),
+    "lens-every-camera-leaves-the-frame": Case(
+        "train",
+        hc.lens_case(lambda root: None, "model.search.k1=[-3.0,-2.0,1.0]"),
+        ("every candidate of model.search", "leaves the frame", "model.search.k1"),
+    ),
     # ---- train.py, ariel_* ----------------------------------------------------------------------
     "ariel-fold-out-of-range": Case(
         "train",

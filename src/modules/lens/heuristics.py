@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from src.core.errors import ConfigError
-from src.datamodules.lens.geometry import Camera, FrameError, undistort
+from src.datamodules.lens.geometry import Camera, FrameError, undistort, undistort_maps
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,17 @@ class SearchGrid:
                 f"model.search.micro_steps={self.micro_steps} / micro_divisor={self.micro_divisor} out of range",
                 "use micro_steps >= 0 and micro_divisor >= 1",
             )
+        # Said at start-up, before a run exists: if the mildest candidate already folds a 3:2 frame
+        # or reads outside it, every candidate will (the search would find nothing to choose).
+        mildest = min(self.coarse(), key=lambda c: abs(c[0]) + abs(c[1]))
+        try:
+            undistort_maps(Camera(*mildest), 300, 200)
+        except FrameError as exc:
+            raise ConfigError(
+                f"every candidate of model.search (k1={list(self.k1)}, k2={list(self.k2)}) leaves the frame: the "
+                f"mildest, k1={mildest[0]}, k2={mildest[1]}: {exc}",
+                "narrow model.search.k1 / model.search.k2 towards 0",
+            ) from exc
 
     @staticmethod
     def _axis(start: float, stop: float, step: float) -> list[float]:

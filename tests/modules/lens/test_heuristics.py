@@ -100,6 +100,6 @@ def test_bad_grids_are_refused(kwargs: dict, match: str) -> None:
         SearchGrid(**kwargs)
 
 
-def test_a_grid_whose_every_camera_leaves_the_frame_is_refused(pairs: list[FakePair]) -> None:
-    with pytest.raises(ConfigError, match="leaves the frame"):
-        grid_search(pairs[:1], SearchGrid(k1=(-3.0, -2.0, 1.0), k2=(0.0, 0.0, 1.0), micro_steps=0), mae_scorer)
+def test_a_grid_whose_every_camera_leaves_the_frame_is_refused_when_built() -> None:
+    with pytest.raises(ConfigError, match=r"model.search \(k1=\[-3.0, -2.0, 1.0\].*mildest, k1=-2.0"):
+        SearchGrid(k1=(-3.0, -2.0, 1.0), k2=(0.0, 0.0, 1.0), micro_steps=0)
