@@ -63,6 +63,7 @@ bench: setup
 	OMP_NUM_THREADS=1 $(PY) benchmarks/video_postfilter.py
 	$(PY) benchmarks/shapes_det.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/detection_eval.py
+	$(PY) benchmarks/lens.py
 	$(PY) benchmarks/report.py
 
 bench-report: setup

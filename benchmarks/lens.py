@@ -15,6 +15,13 @@ search their cameras on the training pairs, the learned model keeps its best val
 Targets (on the mean over seeds, with a margin larger than the std): learned >= best heuristic +
 1.5 points (paired per seed); zero rate <= 12 % (the learned model); bucket > global (paired).
 
+Decoding: the real set's photos are 2048 x 1367 JPEGs; the DataLoader workers decode them (reduced
+by JPEG DCT scaling where the working size allows) and resize them. The benchmark times
+``decode_image`` on such a file at full size and reduced to the GPU config's working size (long
+side 384), one process, and states the per-epoch time of the real training set (~23,000 pairs, two
+JPEGs each) that this decode rate bounds with ``data.num_workers=8``: the estimate of an epoch on
+one GPU, whose network step (a ResNet-18 on 224-pixel thumbnails) is far from the bottleneck.
+
 Ablation (``--ablation-seeds``): the learned model with its principal-point outputs frozen
 (``model.net.scale=[0.15,0.3,1e-6,1e-6]``): what predicting the optical centre buys over
 re-tuning k1/k2 per photo.
@@ -33,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
 
 from record import Recorder  # noqa: E402
 
@@ -51,13 +59,41 @@ def _run(cmd: list[str], what: str) -> float:
     return time.perf_counter() - start
 
 
+REAL_PAIRS = 23_000
+WORKERS = 8
+
+
+def decode_times(tmp: Path, repeats: int = 30) -> dict[str, float]:
+    """Milliseconds per ``decode_image`` of a 2048 x 1367 JPEG (quality 95), full and long side 384."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    from src.datamodules.lens.layout import decode_image
+
+    path = tmp / "decode_2048x1367.jpg"
+    photo = cv2.resize(np.ascontiguousarray(data.coffee()), (2048, 1367), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    out = {}
+    for name, side in (("full", None), ("long384", 384)):
+        decode_image(path, long_side=side)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            decode_image(path, long_side=side)
+            times.append(time.perf_counter() - start)
+        out[name] = 1000 * sorted(times)[len(times) // 2]
+    return out
+
+
 def run_one(seed: int, method: str, test_images: int, extra: list[str], tag: str = "") -> dict[str, Any]:
     """Train, predict and evaluate one method on one seed's simulated set."""
     base = Path(os.environ.get("PODIUM_ROOT") or ROOT)
     run_name = f"bench_lens_{method}{tag}_seed{seed}"
     common = [f"experiment=lens_{method}", "data=lens_toy", f"run_name={run_name}", f"seed={seed}",
               f"data.prepare.seed={seed}", f"data.prepare.n_test={test_images}",
-              f"data.root={base}/data/lens_bench_seed{seed}_n{test_images}", "extras.print_config=false", *extra]  # fmt: skip
+              f"data.root={base}/data/lens_bench_seed{seed}_n{test_images}", "extras.print_config=false",
+              *extra]  # fmt: skip
     train = [sys.executable, str(ROOT / "train.py"), *common, "force=true"]
     wall = _run(train, f"training {method} (seed {seed})")
     predict_wall = _run([sys.executable, str(ROOT / "predict.py"), *common, "split=test"], f"predict {method}")
@@ -76,8 +112,18 @@ def run_one(seed: int, method: str, test_images: int, extra: list[str], tag: str
     return result
 
 
-def record(rec: Recorder, runs: dict[str, list[dict[str, Any]]], ablation: list[dict[str, Any]]) -> None:
+def record(
+    rec: Recorder, runs: dict[str, list[dict[str, Any]]], ablation: list[dict[str, Any]], decode: dict[str, float]
+) -> None:
     """Figures over the seeds, paired differences, targets, the ablation and the tables."""
+    rec.figure("decode_full_ms", [decode["full"]], label="decode_image, 2048x1367 JPEG, full size (median)",
+               unit="ms", digits=1)  # fmt: skip
+    rec.figure("decode_384_ms", [decode["long384"]], label="decode_image, 2048x1367 JPEG to long side 384 (median)",
+               unit="ms", digits=1)  # fmt: skip
+    epoch_s = REAL_PAIRS * 2 * decode["long384"] / 1000 / WORKERS
+    rec.figure("real_epoch_decode_bound_s", [epoch_s], unit="s", digits=0,
+               label=f"real set epoch bound by decoding: {REAL_PAIRS:,} pairs x 2 JPEGs / {WORKERS} "
+               "workers")  # fmt: skip
     score = lambda m: [r["eval"]["score/mean"] for r in runs[m]]  # noqa: E731
     for method in METHODS:
         rec.figure(f"{method}_score", score(method), label=f"{method}: mean test score (0-100)", digits=2)
@@ -136,10 +182,15 @@ def main() -> None:
     args = p.parse_args()
     rec = Recorder("lens", title="Lens correction: identity, global, bucket and learned on a simulated held-out set")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        decode = decode_times(Path(tmp))
+    print(f"decode_image 2048x1367: full {decode['full']:.1f} ms, long side 384 {decode['long384']:.1f} ms", flush=True)
     runs = {m: [run_one(s, m, args.test_images, args.overrides) for s in seeds] for m in METHODS}
     ablation = [run_one(s, "learned", args.test_images, [*args.overrides, *ABLATION], tag="_no_centre")
                 for s in seeds[: args.ablation_seeds]]  # fmt: skip
-    record(rec, runs, ablation)
+    record(rec, runs, ablation, decode)
     rec.write(summary=f"Per seed ({len(seeds)} seeds; each simulates its own set), `train.py experiment=lens_<method> "
               f"data=lens_toy`, `predict.py split=test` and `evaluate.py` on {args.test_images} held-out simulated "
               "test pairs in five size buckets. Heuristic cameras are searched on the training pairs by the "
