@@ -134,6 +134,17 @@ class LensCorrector(PodiumModule):
         return "bucket" if self.hparams.method == "learned" else self.hparams.method
 
     @override
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.net is None and self.trainer.world_size > 1:
+            # Said here, before the strategy wraps the model: DistributedDataParallel refuses a model
+            # without trainable parameters with an error that names neither the model nor the fix.
+            raise ConfigError(
+                f"model.method={self.hparams.method} has no trainable weights, so there is nothing to fit on "
+                f"{self.trainer.world_size} processes (DistributedDataParallel refuses such a model)",
+                "fit the heuristics on one process: trainer=cpu (their search needs no gradient sync)",
+            )
+
+    @override
     def on_fit_start(self) -> None:
         if self.table is not None:  # restored from the checkpoint of a resumed run
             return
