@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
 from src.core.private_api import IndexBatchesLoader
+from src.datamodules.seeding import SeededDistributedSampler
 
 #: The splits a datamodule may serve for prediction, in this order.
 PREDICT_SPLITS = ("val", "test")
@@ -88,8 +89,8 @@ class ResumableLoader(IndexBatchesLoader):
 
 class PodiumDataModule(pl.LightningDataModule):
     """Base class. Subclasses save ``batch_size``, ``num_workers``, ``seed`` (and optionally
-    ``pin_memory``) as hyper-parameters, fill ``train_set``/``val_set``/``test_set`` in ``setup``
-    and build one split's loader in ``_loader``."""
+    ``pin_memory``, ``eval_batch_size``) as hyper-parameters, fill ``train_set``/``val_set``/
+    ``test_set`` in ``setup``, and may build one split's loader their own way in ``_loader``."""
 
     train_set: Dataset | None = None
     val_set: Dataset | None = None
@@ -117,7 +118,26 @@ class PodiumDataModule(pl.LightningDataModule):
             )
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        raise NotImplementedError
+        """One split's loader: training shuffled by (seed, epoch) over the processes, its last batch
+        dropped when it would be short (a batch of one breaks batch norm); evaluation keeps every
+        sample, on exactly one process (:meth:`eval_sampler`), in ``eval_batch_size`` batches."""
+        if train:
+            world, rank = self._world()
+            sampler = SeededDistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
+            )
+            return self.make_loader(dataset, sampler, drop_last=len(dataset) > self.per_device_batch_size())
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.get("eval_batch_size") or self.per_device_batch_size(),
+            sampler=self.eval_sampler(dataset),
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=self.hparams.get("pin_memory", False),
+            persistent_workers=workers > 0,
+            collate_fn=self.collate_fn(),
+        )
 
     def _split(self, name: str) -> Dataset:
         dataset = getattr(self, f"{name}_set", None)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
@@ -17,7 +17,6 @@ from src.core.io import file_fingerprint
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.detection.coco import FILES, FORMATS, DetectionTable, read_dataset
 from src.datamodules.folds import check_fold, load_or_create_folds
-from src.datamodules.seeding import SeededDistributedSampler
 
 #: Training augmentations: ``none``, or ``flip`` (horizontal flip of image and boxes with p = 0.5).
 AUGMENTS = ("none", "flip")
@@ -280,23 +279,3 @@ class DetectionDataModule(PodiumDataModule):
     def collate_fn(self) -> Callable[[list[Any]], Any]:
         """:func:`collate_detection`: lists of images and of ``{"boxes", "labels"}`` targets."""
         return collate_detection
-
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        if train:
-            world, rank = self._world()
-            sampler = SeededDistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
-            )
-            # A last batch of one breaks batch norm; evaluation keeps every image.
-            return self.make_loader(dataset, sampler, drop_last=len(dataset) > self.per_device_batch_size())
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.eval_batch_size or self.per_device_batch_size(),
-            sampler=self.eval_sampler(dataset),
-            shuffle=False,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
-            collate_fn=self.collate_fn(),
-        )

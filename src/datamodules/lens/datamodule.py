@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
@@ -35,7 +35,6 @@ from src.datamodules.lens.layout import (
     decode_image,
     read_layout,
 )
-from src.datamodules.seeding import SeededDistributedSampler
 
 #: Training augmentations: ``none``, or ``flip`` (horizontal flip of input and target with p = 0.5).
 AUGMENTS = ("none", "flip")
@@ -404,22 +403,3 @@ class LensDataModule(PodiumDataModule):
                 )
             )
         return out
-
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        if train:
-            world, rank = self._world()
-            sampler = SeededDistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
-            )
-            return self.make_loader(dataset, sampler, drop_last=len(dataset) > self.per_device_batch_size())
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.eval_batch_size or self.per_device_batch_size(),
-            sampler=self.eval_sampler(dataset),
-            shuffle=False,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
-            collate_fn=self.collate_fn(),
-        )
