@@ -138,3 +138,43 @@ def check_fold(fold: int, n_folds: int) -> None:
             f"data.fold={fold} is out of range for data.n_folds={n_folds}",
             f"pick data.fold in 0..{int(n_folds) - 1}",
         )
+
+
+def validation_folds(
+    data_dir: Path,
+    sample_ids: Sequence[str],
+    fold: int,
+    n_folds: int,
+    seed: int,
+    strata: Sequence | None,
+    groups: Sequence | None,
+    source: str,
+    group_field: str | None,
+) -> np.ndarray:
+    """The fold index of each sample (:func:`load_or_create_folds`), checked so that fold ``fold``
+    leaves neither training nor validation empty.
+
+    Args:
+        data_dir, sample_ids, n_folds, seed: As :func:`load_or_create_folds`.
+        fold: The validation fold.
+        strata, groups: Labels to stratify on and group keys (either may be None).
+        source: The file the groups come from, for messages.
+        group_field: The config key's value naming the groups, for messages.
+
+    Raises:
+        DataError: Fewer groups than folds, or an empty split, naming ``source`` and the fix.
+    """
+    if groups is not None and len(set(groups)) < n_folds:
+        raise DataError(
+            f"{source} has {len(set(groups))} group(s) ({group_field!r}) for data.n_folds={n_folds}: a fold "
+            "would hold no sample",
+            f"set data.n_folds to at most {len(set(groups))}, or data.group_field=null for ungrouped folds",
+        )
+    folds = load_or_create_folds(data_dir, sample_ids, n_folds, seed, strata, groups)["fold"].to_numpy()
+    for name, mask in (("train", folds != fold), ("validation", folds == fold)):
+        if not mask.any():
+            raise DataError(
+                f"fold {fold} of {source} leaves the {name} split empty ({len(sample_ids)} samples)",
+                "add samples or groups, or lower data.n_folds",
+            )
+    return folds

@@ -16,7 +16,7 @@ from src.core.errors import ConfigError, DataError
 from src.core.io import file_fingerprint
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.detection.coco import FILES, FORMATS, DetectionTable, read_dataset
-from src.datamodules.folds import check_fold, load_or_create_folds
+from src.datamodules.folds import check_fold, validation_folds
 
 #: Training augmentations: ``none``, or ``flip`` (horizontal flip of image and boxes with p = 0.5).
 AUGMENTS = ("none", "flip")
@@ -238,14 +238,10 @@ class DetectionDataModule(PodiumDataModule):
     def _folds(self, table: DetectionTable) -> np.ndarray:
         """Fold index of each train-pool image."""
         hp = self.hparams
-        if table.groups is not None and len(set(table.groups)) < hp.n_folds:
-            raise DataError(
-                f"{table.source} has {len(set(table.groups))} group(s) ({hp.group_field!r}) for data.n_folds="
-                f"{hp.n_folds}: a fold would hold no image",
-                f"set data.n_folds to at most {len(set(table.groups))}, or data.group_field=null for ungrouped folds",
-            )
-        folds = load_or_create_folds(self.root, table.sample_ids, hp.n_folds, hp.seed, table.strata(), table.groups)
-        return folds["fold"].to_numpy()
+        return validation_folds(
+            self.root, table.sample_ids, hp.fold, hp.n_folds, hp.seed, table.strata(), table.groups,
+            str(table.source), hp.group_field,
+        )  # fmt: skip
 
     @staticmethod
     def _subset(table: DetectionTable, mask: np.ndarray, augment: str) -> DetectionDataset:
@@ -263,12 +259,6 @@ class DetectionDataModule(PodiumDataModule):
         tables = self.tables()
         table = tables["train"]
         folds = self._folds(table)
-        for name, mask in (("train", folds != hp.fold), ("validation", folds == hp.fold)):
-            if not mask.any():
-                raise DataError(
-                    f"fold {hp.fold} of {table.source} leaves the {name} split empty ({len(table)} images)",
-                    "add images or groups, or lower data.n_folds",
-                )
         self.train_set = self._subset(table, folds != hp.fold, hp.augment)
         self.val_set = self._subset(table, folds == hp.fold, "none")
         if "test" in tables:

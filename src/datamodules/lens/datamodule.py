@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from src.core.errors import ConfigError, DataError
+from src.core.errors import ConfigError
 from src.core.io import file_fingerprint
 from src.datamodules.base import PodiumDataModule
-from src.datamodules.folds import check_fold, load_or_create_folds
+from src.datamodules.folds import check_fold, validation_folds
 from src.datamodules.integrity import BAD_IMAGE_POLICIES
 from src.datamodules.lens.geometry import Camera
 from src.datamodules.lens.layout import (
@@ -309,14 +309,11 @@ class LensDataModule(PodiumDataModule):
     def _folds(self, table: LensTable) -> np.ndarray:
         """Fold index of each train pair."""
         hp = self.hparams
-        if table.groups is not None and len(set(table.groups)) < hp.n_folds:
-            raise DataError(
-                f"{self.root / METADATA} gives {len(set(table.groups))} group(s) ({hp.group_field!r}) to the "
-                f"{len(table)} training pairs for data.n_folds={hp.n_folds}: a fold would hold no image",
-                f"set data.n_folds to at most {len(set(table.groups))}, or data.group_field=null for ungrouped folds",
-            )
-        folds = load_or_create_folds(self.root, table.sample_ids, hp.n_folds, hp.seed, table.strata(), table.groups)
-        return folds["fold"].to_numpy()
+        source = self.root / METADATA if table.groups is not None else table.source
+        return validation_folds(
+            self.root, table.sample_ids, hp.fold, hp.n_folds, hp.seed, table.strata(), table.groups,
+            str(source), hp.group_field,
+        )  # fmt: skip
 
     def _dataset(self, table: LensTable, full: bool = False, augment: str = "none") -> LensDataset:
         hp = self.hparams
@@ -330,12 +327,6 @@ class LensDataModule(PodiumDataModule):
         tables = self.tables()
         table = tables["train"]
         folds = self._folds(table)
-        for name, mask in (("train", folds != hp.fold), ("validation", folds == hp.fold)):
-            if not mask.any():
-                raise DataError(
-                    f"fold {hp.fold} of {table.source} leaves the {name} split empty ({len(table)} pairs)",
-                    "add images or groups, or lower data.n_folds",
-                )
         self.train_set = self._dataset(table.subset(np.flatnonzero(folds != hp.fold)), augment=hp.augment)
         self.val_set = self._dataset(table.subset(np.flatnonzero(folds == hp.fold)))
         if "test" in tables:

@@ -169,7 +169,7 @@ def test_settings_that_are_refused(sim_root: Path) -> None:
     with pytest.raises(ConfigError, match="data.fold=3"):
         make_dm(sim_root, fold=3)
     with pytest.raises(
-        DataError, match=r"gives \d+ group\(s\) \('group'\) to the 30 training pairs for data.n_folds=25"
+        DataError, match=r"metadata.csv has \d+ group\(s\) \('group'\) for data.n_folds=25: a fold would hold no sample"
     ):
         make_dm(sim_root, n_folds=25).setup("fit")
 
