@@ -18,8 +18,8 @@ from src.core.errors import ConfigError, DataError
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
 from src.datamodules.images.augment import build_transform, check_profile
-from src.datamodules.integrity import BAD_IMAGE_POLICIES, undecodable
 from src.datamodules.images.layout import ImageTable, fingerprint, read_split
+from src.datamodules.integrity import BAD_IMAGE_POLICIES, undecodable
 from src.datamodules.seeding import SeededDistributedSampler, SeededWeightedSampler
 
 log = logging.getLogger("podium")
