@@ -48,13 +48,14 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
         Image.fromarray(image).save(tmp, format="JPEG", quality=quality)
 
 
-def _corrected(record: Mapping[str, Any]) -> tuple[np.ndarray, Path]:
+def _corrected(record: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, Path]:
+    """``(input, corrected, input path)`` of a record: the input file read once."""
     source = Path(record["input"])
     try:
         image = decode_image(source)
     except OSError as exc:
         raise DataError(f"cannot read {source} to export its correction: {exc}", "restore the file") from exc
-    return undistort(image, Camera.from_mapping(record["pred"])), source
+    return image, undistort(image, Camera.from_mapping(record["pred"])), source
 
 
 def _thumb(image: np.ndarray) -> np.ndarray:
@@ -145,12 +146,12 @@ def export_lens(
     worst: list[tuple[Mapping[str, Any], list[np.ndarray]]] = []
     names: list[str] = []
     for record in records:
-        image, source = _corrected(record)
+        original, image, source = _corrected(record)
         _write_jpeg(corrected_dir / source.name, image, quality)
         names.append(source.name)
         if record["sample_id"] in worst_ids:
             target = decode_image(Path(record["gt"]["target"]))
-            pictures = [_thumb(decode_image(source)), _thumb(image), _thumb(target)]
+            pictures = [_thumb(original), _thumb(image), _thumb(target)]
             pictures.append(edge_overlay(pictures[1], pictures[2]))
             worst.append((record, pictures))
     artifacts = {"corrected": corrected_dir}

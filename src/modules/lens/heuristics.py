@@ -162,19 +162,6 @@ class CoefficientTable:
 Scorer = Callable[[np.ndarray, np.ndarray], Any]
 
 
-def mean_score(pairs: Sequence[Pair], camera: Camera, scorer: Scorer) -> float:
-    """The mean composite score of ``pairs`` corrected with ``camera``; -inf for a camera that
-    leaves the frame of any of them (never chosen)."""
-    total = 0.0
-    for pair in pairs:
-        try:
-            corrected = undistort(pair.input, camera)
-        except FrameError:
-            return -math.inf
-        total += float(scorer(corrected, pair.target).score)
-    return total / max(len(pairs), 1)
-
-
 def _mean_scores(pairs: Sequence[Pair], candidates: Sequence[tuple[float, float]], scorer: Scorer) -> list[float]:
     """The mean score of each ``(k1, k2)`` candidate over ``pairs`` (-inf where it leaves a frame).
 
@@ -237,7 +224,7 @@ def fit_table(
             return CoefficientTable.identity()
         raise ConfigError("there are no labelled training pairs to fit coefficients on", "check data.root")
     if method == "identity":
-        return CoefficientTable(method, Fit(Camera(), mean_score(pairs, Camera(), scorer), len(pairs)))
+        return CoefficientTable(method, Fit(Camera(), _mean_scores(pairs, [(0.0, 0.0)], scorer)[0], len(pairs)))
     table = CoefficientTable(method=method, global_fit=grid_search(pairs, grid, scorer))
     log.info("global fit: %s (score %.2f on %d pairs)", table.global_fit.camera.as_dict(), table.global_fit.score,
              len(pairs))  # fmt: skip

@@ -51,7 +51,11 @@ TABLE_KEY = "lens_coefficients"
 
 
 def _to_uint8(image: Any) -> np.ndarray:
-    array = image.numpy() if isinstance(image, Tensor) else np.asarray(image)
+    """An ``(H, W, 3)`` uint8 array from a predict sample's uint8 image or a work-size ``(3, h, w)``
+    float tensor in [0, 1]."""
+    if isinstance(image, Tensor) and image.is_floating_point():
+        image = image.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0)
+    array = image.cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
@@ -278,17 +282,11 @@ class LensCorrector(PodiumModule):
         cameras, priors, _ = self._cameras(batch)
         results = []
         for i, (camera, prior) in enumerate(zip(cameras, priors, strict=True)):
-            image = batch["input"][i]
-            if isinstance(image, Tensor) and image.is_floating_point():  # (3, h, w) in [0, 1]
-                image = image.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu()
-            image = _to_uint8(image)
+            image = _to_uint8(batch["input"][i])
             corrected, fell_back = self.correct(image, camera, prior)
             result: dict[str, Any] = {"camera": prior if fell_back else camera, "fallback": fell_back}
             if bool(batch["labelled"][i]):
-                target = batch["target"][i]
-                if isinstance(target, Tensor) and target.is_floating_point():
-                    target = target.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu()
-                target = _to_uint8(target)
+                target = _to_uint8(batch["target"][i])
                 result["score"] = self.scorer(corrected, target)
                 if self.net is not None:
                     result["baseline"] = self.scorer(self.correct(image, prior)[0], target)
