@@ -42,7 +42,7 @@ from src.core.artifacts import (
     write_jsonl,
 )
 from src.core.errors import ConfigError, DataError
-from src.core.io import staged_folder
+from src.core.io import sha256_file, staged_folder
 from src.core.mlflow_client import log_metrics
 
 #: Folder (inside the predictions folder) that evaluate.py writes.
@@ -346,12 +346,16 @@ def score_usable(
 
 
 def write_evaluation(folder: Path, evaluation: Evaluation, counters: Mapping[str, int]) -> Path:
-    """Write ``<folder>/eval/`` whole: ``per_sample.jsonl``, the scorer's files, then ``metrics.json``.
+    """Write ``<folder>/eval/`` whole: ``per_sample.jsonl``, the scorer's files, then ``metrics.json``
+    (with the sha256 of the ``gt_vs_pred.jsonl`` it scored, when the folder has one).
 
     The folder is written into a hidden staging sibling and moved into place, so ``eval/`` is
     either the previous complete one or this one. Returns the path of ``metrics.json``.
     """
     summary: dict[str, Any] = {"metrics": dict(evaluation.metrics), "counters": dict(counters)}
+    if (folder / RECORDS_FILE).is_file():
+        # What was scored, so a later reader can tell whether the records changed since.
+        summary["source"] = {"records": RECORDS_FILE, "sha256": sha256_file(folder / RECORDS_FILE)}
     if evaluation.notes:
         summary["notes"] = list(evaluation.notes)
     with staged_folder(folder / EVAL_DIR) as out:

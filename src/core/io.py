@@ -147,3 +147,11 @@ def file_fingerprint(paths: list[Path], extra: str = "") -> str:
         st = p.stat()
         h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file's bytes (read in chunks: checkpoints may be large)."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -39,7 +39,7 @@ from src.core.artifacts import (
 from src.core.checkpoint_io import load_checkpoint_file
 from src.core.contracts import PredictCalibrator, check_compatibility
 from src.core.errors import ConfigError, RunStateError
-from src.core.io import staged_folder
+from src.core.io import sha256_file, staged_folder
 from src.core.lifecycle import build
 from src.core.mlflow_client import flatten, tracking_uri
 from src.core.ranks import process_rank
@@ -272,6 +272,7 @@ def _checkpoint_info(cfg: DictConfig, run: RunDir, path: Path, checkpoint: dict[
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
         "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
     }
 
 

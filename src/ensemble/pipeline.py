@@ -5,7 +5,9 @@ outputs/ensemble/<run_name>/
   ranking.csv       every member, blend and final stage: OOF accuracy, log-loss, ECE, audit
   submission.csv    image_id,label of the final stage on the test rows (when members have test)
   report.html       the same tables, self-contained
-  oof/              the final stage's OOF (and test) table: this run can itself be a member
+  oof/              the final stage's OOF (and test) table: this run can itself be a member;
+                    its records (gt_vs_pred.jsonl, the artifact contract) and eval/ scored by
+                    the members' evaluator, which leaderboard.py ranks and bootstraps
   config.yaml, manifest.json, metrics.json (last: its presence marks the run finished)
 ```
 
@@ -40,7 +42,7 @@ from src.core.artifacts import (
     write_artifact,
 )
 from src.core.errors import ConfigError, DataError
-from src.core.evaluating import import_scorer
+from src.core.evaluating import evaluation_counters, import_scorer, score_usable, write_evaluation
 from src.core.io import atomic_path, file_fingerprint, write_text_atomic
 from src.core.lifecycle import RunLifecycle, build
 from src.core.mlflow_client import RunSpec
@@ -64,6 +66,8 @@ from src.ensemble.stack import (
 )
 
 log = logging.getLogger("podium")
+#: Tag of an ensemble's MLflow run naming the experiment its members come from.
+SOURCE_EXPERIMENT_TAG = "podium.source_experiment"
 Array = npt.NDArray[np.float64]
 #: Candidate kinds the stack may choose from (``select_from``).
 SELECTABLE = ("member", "blend")
@@ -416,7 +420,47 @@ def _write_outputs(
         test_probs=chosen.test,
     )
     write_text_atomic(run.path / "report.html", _report(cfg, data, ranking, chosen, stack, metrics))
+    write_oof_artifact(cfg, run, "classification", _member_evaluator(cfg, ref), [f"ensemble:{chosen.name}"],
+                       classification_records(data, chosen.oof))  # fmt: skip
     log.info("ensemble final stage: %s", chosen.name)
+
+
+def _member_evaluator(cfg: DictConfig, ref: Member) -> str:
+    """The evaluator the members' out-of-fold records name, else ``evaluator`` of the config."""
+    return str((read_resolved_config(ref.path / OOF_DIR) or {}).get("evaluator") or cfg.evaluator)
+
+
+def classification_records(data: OOFData, probs: Array) -> list[dict[str, Any]]:
+    """The records of out-of-fold class probabilities (``gt``/``pred`` as ``predict.py`` writes
+    them for a classifier, with the row's ``fold``)."""
+    names, labels = data.classes, probs.argmax(axis=1)
+    ids, folds = data.members[0].sample_ids, data.folds
+    return [
+        {
+            "sample_id": str(sid),
+            "split": "oof",
+            "gt": {"label": int(y), "class_name": names[int(y)]},
+            "pred": {"label": int(k), "class_name": names[int(k)], "probs": row.tolist()},
+            "errors": [],
+            "fold": int(fold),
+        }
+        for sid, y, k, row, fold in zip(ids, data.y, labels, probs, folds, strict=True)
+    ]
+
+
+def write_oof_artifact(
+    cfg: DictConfig, run: RunDir, task: str, evaluator: str, stages: list[str], records: list[dict[str, Any]]
+) -> None:
+    """Write the ensemble's out-of-fold records into ``oof/`` and score them into ``oof/eval/``
+    (what ``evaluate.py`` would write), so the ensemble is ranked like any run."""
+    out = run.path / OOF_DIR
+    artifacts = {"records": RECORDS_FILE, "resolved_config": RESOLVED_CONFIG_FILE}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_artifact(out, records, build_resolved_config(task, stages, artifacts, evaluator, None, config))
+    scorer = import_scorer(evaluator, task, "cross-validate the members again (python cv.py ...)")
+    lines = list(range(1, len(records) + 1))
+    evaluation, scored = score_usable(out / RECORDS_FILE, records, lines, scorer)
+    write_evaluation(out, evaluation, evaluation_counters(records, scored, evaluation.counters))
 
 
 def _report(
@@ -453,10 +497,24 @@ def _report(
 
 
 def _mlflow_spec(cfg: DictConfig) -> RunSpec | None:
-    """The ensemble's MLflow run (experiment ``experiment_name``), unless ``log_mlflow=false``."""
+    """The ensemble's MLflow run (experiment ``experiment_name``), unless ``log_mlflow=false``;
+    tagged with the experiment its members were trained in (``leaderboard.py`` lists the
+    ensembles of an experiment by it)."""
     if not cfg.get("log_mlflow", True):
         return None
-    return RunSpec(cfg.paths.mlflow_dir, cfg.experiment_name, cfg.run_name)
+    tags = {SOURCE_EXPERIMENT_TAG: members_experiment(member_paths(cfg))}
+    return RunSpec(cfg.paths.mlflow_dir, cfg.experiment_name, cfg.run_name, tags)
+
+
+def members_experiment(paths: list[Path]) -> str:
+    """The experiment the members were trained in (their ``config.yaml``'s ``experiment_name``;
+    their folder's parent name when it has none), or the names joined by ``+`` when they differ."""
+    names = []
+    for path in paths:
+        config = path / "config.yaml"
+        name = OmegaConf.load(config).get("experiment_name") if config.is_file() else None
+        names.append(str(name or path.parent.name))
+    return "+".join(sorted(set(names)))
 
 
 def _mlflow_metrics(metrics: dict[str, Any], ranking: pd.DataFrame) -> dict[str, Any]:
@@ -506,15 +564,7 @@ def blend_gaussian(cfg: DictConfig, lifecycle: RunLifecycle) -> float:
     metrics |= {"best": ranking["name"].iloc[0], "n_members": len(members), "n_samples": len(ref.y)}
     lifecycle.start(file_fingerprint([m.source for m in members]), mlflow=_mlflow_spec(cfg))
     _write_csv(lifecycle.run.path / "ranking.csv", ranking)
-    _write_blend_records(cfg, lifecycle.run, ref, blended)
+    write_oof_artifact(cfg, lifecycle.run, ref.task, ref.evaluator, ["ensemble:gaussian_mixture"], blended)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, float)}
     lifecycle.finish(metrics, mlflow_metrics=_mlflow_metrics(numeric, ranking))
     return metrics[f"oof/{select}"]
-
-
-def _write_blend_records(cfg: DictConfig, run: RunDir, ref: GaussianMember, records: list[dict[str, Any]]) -> None:
-    out = run.path / OOF_DIR
-    artifacts = {"records": RECORDS_FILE, "resolved_config": RESOLVED_CONFIG_FILE}
-    config = OmegaConf.to_container(cfg, resolve=True)
-    resolved = build_resolved_config(ref.task, ["ensemble:gaussian_mixture"], artifacts, ref.evaluator, None, config)
-    write_artifact(out, records, resolved)
