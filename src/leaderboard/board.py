@@ -291,7 +291,7 @@ def rank(board: Board) -> None:
     rows = [
         row(board, c, i + 1 if c.run_id in board.estimates else None, terms) for i, c in enumerate(board.candidates)
     ]
-    board.table = pd.DataFrame(rows)
+    board.table = pd.DataFrame(rows).astype({"rank": "Int64"})
 
 
 def row(board: Board, cand: Candidate, position: int | None, terms: pd.DataFrame | None) -> dict[str, Any]:

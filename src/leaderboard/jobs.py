@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from src.core.errors import ConfigError, DataError, PodiumError
@@ -74,7 +75,7 @@ def print_board(board: Board) -> None:
     for cand, (_, line) in zip(board.candidates, board.table.iterrows(), strict=True):
         failed = [c[5:] for c in gate_cols if line[c] != "pass"]
         table.add_row(
-            "" if line["rank"] is None or _nan(line["rank"]) else str(int(line["rank"])),
+            "" if _nan(line["rank"]) else str(int(line["rank"])),
             ("* " if line["champion"] else "") + cand.label,
             _num(line[board.metric]),
             f"[{_num(line['lo'])}, {_num(line['hi'])}]" if not _nan(line["lo"]) else "",
@@ -92,7 +93,7 @@ def print_board(board: Board) -> None:
 
 
 def _nan(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _num(value: Any) -> str:
