@@ -60,7 +60,7 @@ def test_bucket_rules_judge_only_buckets_with_enough_support() -> None:
             "stat": "zero_rate",
             "min_support": 20,
             "max": 0.30,
-        },  # fmt: skip
+        },
         {"name": "nocol", "kind": "bucket", "by": "camera", "column": "score"},
     ]
     got = verdicts(c, specs)
