@@ -35,15 +35,24 @@ class Bootstrap:
         rescore_samples: Replicates when the evaluator has to score each replicate again.
         level: Coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
         seed: Seed of the draws (the same seed draws the same replicates).
+        min_groups: Fewer groups than this cannot show the spread (a validation fold of two
+            groups would give two values): samples are resampled one by one instead.
     """
 
     samples: int = 1000
     rescore_samples: int = 200
     level: float = 0.95
     seed: int = 0
+    min_groups: int = 10
+
+    def units(self, groups: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The resampled unit of each sample: its group, or itself when there are too few groups."""
+        n_groups = int(groups.max()) + 1 if len(groups) else 0
+        return groups if n_groups >= self.min_groups else np.arange(len(groups), dtype=np.int64)
 
     def weights(self, groups: npt.NDArray[np.int64], replicates: int) -> npt.NDArray[np.int64]:
-        """``(replicates, n)`` sample weights: how often each sample's group was drawn."""
+        """``(replicates, n)`` sample weights: how often each sample's unit was drawn."""
+        groups = self.units(groups)
         n_groups = int(groups.max()) + 1 if len(groups) else 0
         picks = np.random.default_rng(self.seed).integers(0, n_groups, size=(replicates, n_groups))
         counts = np.stack([np.bincount(row, minlength=n_groups) for row in picks])
@@ -118,7 +127,7 @@ class Estimate:
         hi: Upper bound.
         method: ``mean:<column>`` or ``rescore``.
         replicates: Replicates drawn.
-        groups: Groups resampled.
+        groups: Units resampled (groups, or samples when there were too few groups).
     """
 
     value: float
@@ -151,7 +160,8 @@ def estimate(
     replicates = boot.samples if method != "rescore" else boot.rescore_samples
     values = stat(boot.weights(groups, replicates))
     lo, hi = boot.interval(values)
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    units = boot.units(groups)
+    n_groups = int(units.max()) + 1 if len(units) else 0
     return Estimate(float(evidence.metrics.get(metric, math.nan)), lo, hi, method, replicates, n_groups)
 
 

@@ -23,7 +23,7 @@ from src.core.mlflow_client import experiment_id, log_metrics, tracking_uri
 from src.leaderboard import registry
 from src.leaderboard.board import Board, build_board, write_outputs
 from src.leaderboard.html import render
-from src.leaderboard.runs import Candidate
+from src.leaderboard.runs import Candidate, store_error
 
 
 class GateFailure(PodiumError):
@@ -50,10 +50,20 @@ def store_uri(cfg: DictConfig) -> str:
 
 
 def open_client(cfg: DictConfig) -> tuple[Any, str]:
+    """A client on the store, tried once (a damaged store is refused here, naming it).
+
+    Raises:
+        DataError: No store, or one that cannot be read.
+    """
     import mlflow
 
     uri = store_uri(cfg)
-    return mlflow.MlflowClient(uri, registry_uri=uri), uri
+    try:
+        client = mlflow.MlflowClient(uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # SQLAlchemy, sqlite3, HTTP and OS errors of a damaged or absent store
+        raise store_error(uri, exc) from exc
+    return client, uri
 
 
 def make_board(cfg: DictConfig) -> tuple[Board, Any, str]:

@@ -160,7 +160,7 @@ def find_runs(client: Any, uri: str, experiment: str, cfg: Mapping[str, Any]) ->
         runs = search(client, [exp.experiment_id], finished_filter(cfg.get("filter")))
         runs += ensemble_runs(client, experiment, cfg)
     except MlflowException as exc:
-        if "filter" in str(exc).lower() or "parse" in str(exc).lower():
+        if cfg.get("filter") and exc.error_code == "INVALID_PARAMETER_VALUE":
             raise ConfigError(
                 f"filter={cfg.get('filter')!r} is not an MLflow search filter ({str(exc)[:200]})",
                 'write it as MLflow does, e.g. filter="params.seed = \'1\'" or "metrics.`val/acc` > 0.9"',

@@ -8,9 +8,6 @@ is absent the rendering test skips, except under ``CI=true``, where it fails.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from src.core.predicting import predict
 from src.core.training import train
 from src.datamodules.ariel.forward import SimConfig
 from src.datamodules.ariel.simulate import simulate_dataset
+from tests.browser import render
 from tests.conftest import compose_cfg, read_metrics
 
 #: 6 labelled + 1 test planet, 24 time bins per instrument: every code path in seconds.
@@ -35,17 +32,6 @@ TINY_DATA = [
     "data.calibration.instruments.AIRS-CH0.bin_size=1",
     "logger=csv",
     "extras.print_config=false",
-]
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--enable-logging=stderr",
-    "--v=0",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
 ]
 
 
@@ -147,34 +133,9 @@ def test_polyfit_baseline_runs_through_the_pipeline_without_an_optimizer(tiny_ar
     assert (run_dir / "submission.csv").is_file() and (run_dir / "report.html").is_file()
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    if os.environ.get("CI") == "true":
-        pytest.fail("chromium is not installed but CI=true: install Debian's chromium package (make setup)")
-    pytest.skip("chromium not installed (Debian: apt-get install chromium); the report is not rendered")
-    return None
-
-
-def _run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium_without_console_errors(v50_run: tuple[Path, Path], tmp_path: Path) -> None:
-    chromium = _chromium()
     _, run_dir = v50_run
-    url = (run_dir / "report.html").resolve().as_uri()
-    dom = _run_chromium(chromium, tmp_path / "profile-dom", "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<img") == 7 and "Ariel report" in dom.stdout
-    shot = tmp_path / "report.png"
-    proc = _run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,2400", url)
-    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
-    console = [line for line in (dom.stderr + proc.stderr).splitlines() if ":CONSOLE" in line or "Uncaught" in line]
-    assert not console, "\n".join(console)
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    dom, pixels = render(run_dir / "report.html", tmp_path)
+    assert dom.count("<img") == 7 and "Ariel report" in dom
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # not blank: text and figures drawn

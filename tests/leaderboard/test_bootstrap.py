@@ -86,3 +86,12 @@ def test_paired_difference_uses_the_shared_samples_and_the_same_replicates() -> 
     same = paired(a, a, "acc", None, Bootstrap(samples=100))
     assert (same.diff, same.lo, same.hi) == (0.0, 0.0, 0.0)
     assert paired(a, evidence(records(worse, prefix="other")), "acc", None, Bootstrap()) is None
+
+
+def test_too_few_groups_are_resampled_sample_by_sample() -> None:
+    ev = evidence(records(CORRECT, groups=["x"] * 30 + ["y"] * 30))
+    codes = group_codes(ev.sample_ids, ev.records, None)
+    got = estimate(ev, "acc", codes, Bootstrap(samples=200, min_groups=10))
+    assert got.groups == 60 and got.lo < got.value < got.hi
+    # Two groups resampled as groups give at most three distinct values: no honest interval.
+    assert estimate(ev, "acc", codes, Bootstrap(samples=200, min_groups=2)).groups == 2
