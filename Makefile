@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 UI_PORT ?= 5000
 
-.PHONY: setup browser demo test test-fast lint format ui bench bench-report clean-runs
+.PHONY: setup browser demo test test-fast lint format ui leaderboard bench bench-report clean-runs
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ ui: setup
 	$(VENV)/bin/mlflow ui --port $(UI_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+# Rank the finished runs of one experiment (intervals, gates, champion): make leaderboard EXP=digits
+EXP ?= digits
+leaderboard: setup
+	$(PY) leaderboard.py experiment=$(EXP)
 
 # Every benchmark writes benchmarks/results/<name>.json; report.py renders README's section from them.
 # One at a time, nothing else running: the timing figures are sensitive to load.

@@ -39,6 +39,7 @@ from src.core.evaluating import (
     scorer_options,
     write_evaluation,
 )
+from src.core.io import sha256_file
 from tests.conftest import CONFIG_DIR
 
 HERE = __name__
@@ -143,7 +144,11 @@ def staging_left(folder: Path) -> list[Path]:
 
 
 def written(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "eval" / "metrics.json").read_text())
+    """metrics.json without ``source``, after checking that it names the records it scored."""
+    summary = json.loads((folder / "eval" / "metrics.json").read_text())
+    source = summary.pop("source")
+    assert source == {"records": "gt_vs_pred.jsonl", "sha256": sha256_file(folder / "gt_vs_pred.jsonl")}
+    return summary
 
 
 # ---- what a scorer returns ----------------------------------------------------------------------------
