@@ -5,7 +5,8 @@ reads the records (:mod:`src.core.artifacts`), scores the labelled ones without 
 task's evaluator, and writes ``<folder>/eval/per_sample.jsonl`` and (last)
 ``<folder>/eval/metrics.json`` = ``{"metrics": {...}, "counters": {...}}``. When the folder's
 ``resolved_config.json`` names an MLflow run that exists, the metrics are logged into it as
-``eval/<folder name>/<metric>``.
+``eval/<folder name>/<metric>`` and the scored artifact is uploaded to its artifacts
+(``predictions/<folder name>/``).
 
 The evaluator is a dotted path to ``score_records(records, **options) -> (metrics, per_sample)``
 or an :class:`Evaluation` (which adds counters, more files for ``eval/``, notes and a printed
@@ -47,6 +48,8 @@ from src.core.mlflow_client import log_metrics
 
 #: Folder (inside the predictions folder) that evaluate.py writes.
 EVAL_DIR = "eval"
+#: Artifact folder of a run's MLflow artifacts that evaluated predictions are uploaded to.
+PREDICTIONS_ARTIFACTS = "predictions"
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.jsonl"
 Scorer = Callable[..., Any]
@@ -243,6 +246,22 @@ def log_to_mlflow(resolved: Mapping[str, Any] | None, prefix: str, metrics: Mapp
     return "mlflow_logged"
 
 
+def upload_artifact(resolved: Mapping[str, Any], folder: Path) -> None:
+    """Upload the scored artifact (its top-level files and ``eval/``) to its MLflow run under
+    ``predictions/<folder name>/``, so that a machine without the run directory (a team's
+    tracking server) finds the evidence ``leaderboard.py`` ranks. Per-sample outputs kept in
+    sub-folders (restored frames) stay local."""
+    import mlflow
+
+    info = resolved["mlflow"]
+    client = mlflow.MlflowClient(info["tracking_uri"])
+    base = f"{PREDICTIONS_ARTIFACTS}/{folder.name}"
+    for sub, target in ((folder, base), (folder / EVAL_DIR, f"{base}/{EVAL_DIR}")):
+        for path in sorted(sub.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                client.log_artifact(info["run_id"], str(path), artifact_path=target)
+
+
 def evaluation_counters(
     records: list[dict[str, Any]], scored: int, scorer: Mapping[str, int], reader: Mapping[str, int] | None = None
 ) -> dict[str, int]:
@@ -307,6 +326,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if bool(cfg.log_mlflow) and evaluation.metrics:
         counters[log_to_mlflow(resolved, f"{EVAL_DIR}/{folder.name}", evaluation.metrics)] = 1
     write_evaluation(folder, evaluation, counters)
+    if counters.get("mlflow_logged"):
+        upload_artifact(resolved, folder)
     _report(folder, task, evaluation, counters)
     return evaluation.metrics
 

@@ -51,7 +51,7 @@ from src.ensemble.audit import risk_audit
 from src.ensemble.blends import Blend, SelectMember, log_probs, nested_oof_predict
 from src.ensemble.calibration import expected_calibration_error
 from src.ensemble.experts import PairExperts, pair_features
-from src.ensemble.gaussian import GaussianMember, check_aligned, load_gaussian_member, nested_gaussian_oof, records_of
+from src.ensemble.gaussian import check_aligned, load_gaussian_member, nested_gaussian_oof, records_of
 from src.ensemble.oof import OOF_DIR, Member, align_members, load_member, write_oof
 from src.ensemble.report import render_report
 from src.ensemble.stack import (

@@ -232,8 +232,11 @@ def fetch_folder(client: Any, cand: Candidate, rel: str, cache: Path) -> Path | 
     try:
         import mlflow
 
+        # MLflow puts the folder's last part under dst_path: download beside its place in target.
+        parent = target / Path(rel).parent
+        parent.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(
-            run_id=cand.run_id, artifact_path=rel, dst_path=str(target), tracking_uri=client.tracking_uri
+            run_id=cand.run_id, artifact_path=rel, dst_path=str(parent), tracking_uri=client.tracking_uri
         )
     except Exception:  # noqa: BLE001 - a missing artifact path raises store-specific errors
         return None

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -23,6 +24,7 @@ from src.core.mlflow_client import tracking_uri
 from src.core.resolvers import PROJECT_ROOT
 from src.leaderboard import registry
 from src.leaderboard.jobs import GateFailure, argv_aliases, leaderboard, promote
+from src.leaderboard.runs import evidence_path, fetch_folder, load_evidence
 from tests.browser import render
 from tests.conftest import compose_cfg
 
@@ -221,3 +223,15 @@ def test_promote_cli_words_and_exit_codes(store: Path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dry run: would move 'champion' of 'podium.digits'" in proc.stdout
+
+
+def test_the_evidence_is_read_from_the_mlflow_artifacts_without_the_run_directory(store: Path, tmp_path: Path) -> None:
+    board = board_of(store, "log_mlflow=false")
+    for label in ("run:a", "cv:cv", "ensemble:cv_stack"):
+        cand = by_label(board)[label]
+        elsewhere = replace(cand, run_dir=None, evidence=None)  # a machine with the store only
+        folder = fetch_folder(client(store), elsewhere, evidence_path(elsewhere, "val"), tmp_path)
+        assert folder is not None and tmp_path in folder.parents, label
+        evidence = load_evidence(folder, None, elsewhere.kind)
+        assert evidence.sha256 == cand.evidence.sha256 and evidence.scored_sha256 == evidence.sha256
+        assert evidence.metrics["acc"] == pytest.approx(cand.evidence.metrics["acc"])
