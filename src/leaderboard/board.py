@@ -231,39 +231,48 @@ def build_board(cfg: DictConfig, client: Any, uri: str, cache: Path) -> Board:
             f"no run of experiment {experiment} has an evaluation artifact:\n  {problems}", "make one as shown"
         )
     metric, mode = choose_metric(settings, ranked)
-    boot = Bootstrap(**OmegaConf.to_container(cfg.bootstrap, resolve=True))
-    table = group_table(settings.groups)
-    estimates = {
-        c.run_id: estimate(
-            c.evidence,
-            metric,
-            group_codes(c.evidence.sample_ids, c.evidence.records, table),
-            boot,
-            settings.per_sample_columns,
-        )
-        for c in ranked
-    }
-    champion = champion_id(client, uri, settings.model_name)
-    reference = next((c for c in ranked if c.run_id == champion), None)
-    pairs = {}
-    if reference is not None:
-        for c in ranked:
-            pair = (
-                None
-                if c is reference
-                else paired(c.evidence, reference.evidence, metric, table, boot, settings.per_sample_columns)
-            )
-            if pair is not None:
-                pairs[c.run_id] = pair
     known = known_values(cands)
-    check_specs(settings.gates, settings.source, known)
+    check_specs(settings.gates, settings.source, known)  # before any bootstrap: a bad gate fails fast
     if settings.composite:
         check_terms(settings.composite, settings.source, known)
+    boot = Bootstrap(**OmegaConf.to_container(cfg.bootstrap, resolve=True))
+    table = group_table(settings.groups)
+    columns = settings.per_sample_columns
+    estimates = {c.run_id: estimate(c.evidence, metric, codes(c, table), boot, columns) for c in ranked}
+    champion = champion_id(client, uri, settings.model_name)
+    pairs = compare_with(champion, ranked, metric, table, boot, columns)
     ctx = Context(metric, settings.proxies, champion, pairs, first_by_checksum(cands))
     gates = {c.run_id: apply_gates(c, settings.gates, ctx) for c in cands}
     board = Board(experiment, settings, metric, mode, cands, estimates, pairs, gates, champion, pd.DataFrame(), boot)
     rank(board)
     return board
+
+
+def codes(cand: Candidate, table: dict[str, str] | None) -> Any:
+    """The group code of each of the candidate's scored samples."""
+    return group_codes(cand.evidence.sample_ids, cand.evidence.records, table)
+
+
+def compare_with(
+    champion: str | None,
+    ranked: list[Candidate],
+    metric: str,
+    table: dict[str, str] | None,
+    boot: Bootstrap,
+    columns: dict[str, str],
+) -> dict[str, Paired]:
+    """Each ranked run's paired difference with the champion (none when the champion is not
+    among them, or for runs that share no sample with it)."""
+    reference = next((c for c in ranked if c.run_id == champion), None)
+    if reference is None:
+        return {}
+    pairs = {}
+    for cand in ranked:
+        if cand is not reference:
+            pair = paired(cand.evidence, reference.evidence, metric, table, boot, columns)
+            if pair is not None:
+                pairs[cand.run_id] = pair
+    return pairs
 
 
 def champion_id(client: Any, uri: str, model_name: str) -> str | None:
