@@ -34,19 +34,25 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def project_root(folder: Path, data_dir: Path) -> Path:
+    """Make ``folder`` a project root: its own outputs/ and mlruns/ to come, the shared digits data."""
+    (folder / "data").mkdir()
+    (folder / "data" / "digits").symlink_to(data_dir / "digits", target_is_directory=True)
+    return folder
+
+
 @pytest.fixture
 def root(tmp_path: Path, data_dir: Path) -> Path:
     """A project root for one test: its own outputs/ and mlruns/, the shared data/."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "digits").symlink_to(data_dir / "digits", target_is_directory=True)
-    return tmp_path
+    return project_root(tmp_path, data_dir)
 
 
-def compose_cfg(overrides: list[str], root: Path, config_name: str = "train") -> DictConfig:
-    """Compose configs/<config_name>.yaml like `python <config_name>.py` would, rooted at ``root``."""
+def compose_cfg(overrides: list[str], root: Path | None, config_name: str = "train") -> DictConfig:
+    """Compose configs/<config_name>.yaml like `python <config_name>.py` would, rooted at ``root``
+    (None for a config without project paths, such as ``evaluate``)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        overrides = [*overrides, f"paths.root_dir={root}"]
+        overrides = [*overrides, f"paths.root_dir={root}"] if root is not None else list(overrides)
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):

@@ -26,7 +26,7 @@ from src.core.errors import ConfigError, RunStateError
 from src.core.lifecycle import RunLifecycle
 from src.core.manifest import config_hash
 from src.core.mlflow_store import tracking_uri
-from tests.conftest import CONFIG_DIR, TINY_MODEL, read_metrics
+from tests.conftest import CONFIG_DIR, TINY_MODEL, project_root, read_metrics
 from tests.core.test_faults import assert_each_step_once, history, killed, run
 from tests.entry_harness import run_entry_point
 from tests.test_experiments import overrides_for
@@ -53,9 +53,7 @@ def compose_cv(overrides: list[str], root: Path) -> DictConfig:
 @pytest.fixture(scope="module")
 def cv_root(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A project root holding one finished toy cross-validation, ``outputs/digits/toy``."""
-    root = tmp_path_factory.mktemp("cv_lifecycle")
-    (root / "data").mkdir()
-    (root / "data" / "digits").symlink_to(data_dir / "digits", target_is_directory=True)
+    root = project_root(tmp_path_factory.mktemp("cv_lifecycle"), data_dir)
     cv.run_cv(compose_cv([*TOY, "run_name=toy"], root))
     return root
 

@@ -11,32 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
 from src.core.cv import run_cv
 from src.core.evaluating import evaluate
 from src.core.predicting import predict
 from src.core.training import train
 from src.ensemble.pipeline import run_ensemble
-from tests.conftest import CONFIG_DIR, TINY_MODEL, compose_cfg
+from tests.conftest import TINY_MODEL, compose_cfg, project_root
 from tests.test_experiments import overrides_for
 
 DIGITS = ["experiment=digits", *TINY_MODEL, "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "test=false"]
 LENS_GRIDS = {"coarse": "model.search.k1=[-0.2,0.0,0.1]", "fine": "model.search.k1=[-0.3,0.1,0.2]"}
-
-
-def compose_evaluate(folder: Path) -> DictConfig:
-    """configs/evaluate.yaml for ``path=<folder>`` (it has no project root to set)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose(config_name="evaluate", overrides=[f"path={folder}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def train_predict_evaluate(root: Path, overrides: list[str], predicted: bool = True) -> Path:
@@ -46,16 +31,14 @@ def train_predict_evaluate(root: Path, overrides: list[str], predicted: bool = T
     cfg = compose_cfg([*overrides, "split=val"], root, "predict")
     predict(cfg)
     folder = Path(cfg.paths.output_dir) / "predictions" / "val"
-    evaluate(compose_evaluate(folder))
+    evaluate(compose_cfg([f"path={folder}"], None, "evaluate"))
     return folder
 
 
 @pytest.fixture(scope="package")
 def store(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """The project root holding the store and the runs (see the module docstring)."""
-    root = tmp_path_factory.mktemp("leaderboard")
-    (root / "data").mkdir()
-    (root / "data" / "digits").symlink_to(data_dir / "digits", target_is_directory=True)
+    root = project_root(tmp_path_factory.mktemp("leaderboard"), data_dir)
     train_predict_evaluate(root, [*DIGITS, "run_name=a"])
     train_predict_evaluate(root, [*DIGITS, "run_name=b", "seed=1", "trainer.max_epochs=2"])
     train_predict_evaluate(root, [*DIGITS, "run_name=a_again"])
