@@ -109,6 +109,8 @@ def bucket(cand: Any, spec: Mapping[str, Any], ctx: Context) -> tuple[bool, str]
     what = f"{spec.get('stat', 'mean')} of {column} per {by} (buckets with >= {spec.get('min_support', 1)})"
     if failing:
         return False, f"{what} not {_bounds(spec)}: {', '.join(failing)}"
+    if stats.empty:
+        return True, f"no {by} has >= {spec.get('min_support', 1)} samples: none judged"
     return True, f"{what}: all {len(stats)} {_bounds(spec)}"
 
 

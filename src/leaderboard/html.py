@@ -11,6 +11,8 @@ import html
 import math
 from typing import Any
 
+import pandas as pd
+
 from src.leaderboard.board import Board
 
 CSS = """
@@ -32,6 +34,8 @@ def esc(value: Any) -> str:
 
 
 def fmt(value: Any) -> str:
+    if value is None or value is pd.NA:
+        return ""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4f}"
     return "" if value is None else str(value)
@@ -84,6 +88,15 @@ def links(cand: Any, ui_url: str | None) -> str:
     return " ".join(out)
 
 
+def cell(column: str, value: Any) -> str:
+    """A table cell: the run left-aligned, the run id shortened (whole in the tooltip)."""
+    if column == "run":
+        return f"<td class='l'>{esc(fmt(value))}</td>"
+    if column == "run_id":
+        return f"<td title='{esc(value)}'><code>{esc(str(value)[:8])}</code></td>"
+    return f"<td>{esc(fmt(value))}</td>"
+
+
 def table(board: Board, ui_url: str | None) -> str:
     """The ranking table with gate cells coloured and explained in tooltips."""
     frame = board.table
@@ -94,9 +107,7 @@ def table(board: Board, ui_url: str | None) -> str:
     body = []
     for cand, (_, line) in zip(board.candidates, frame.iterrows(), strict=True):
         details = {r.name: r.detail for r in board.gates.get(cand.run_id, [])}
-        cells = "".join(
-            f"<td class='l'>{esc(fmt(line[c]))}</td>" if c == "run" else f"<td>{esc(fmt(line[c]))}</td>" for c in shown
-        )
+        cells = "".join(cell(c, line[c]) for c in shown)
         for col in gate_cols:
             verdict = line[col]
             cls = "pass" if verdict == "pass" else "fail"
