@@ -235,3 +235,26 @@ def test_the_evidence_is_read_from_the_mlflow_artifacts_without_the_run_director
         evidence = load_evidence(folder, None, elsewhere.kind)
         assert evidence.sha256 == cand.evidence.sha256 and evidence.scored_sha256 == evidence.sha256
         assert evidence.metrics["acc"] == pytest.approx(cand.evidence.metrics["acc"])
+
+
+def test_a_composite_ranks_by_the_weighted_sum_and_shows_each_term(store: Path, capsys) -> None:
+    rule = """
+extends: {shipped}
+composite:
+  terms:
+    - {{metric: eval/acc, weight: 0.7, mode: max}}
+    - {{metric: eval/ece, weight: 0.3, mode: min}}
+  tie_breakers:
+    - {{metric: run/duration_s, mode: min}}
+"""
+    capsys.readouterr()
+    board = board_of(store, gates_file(store, "composite.yaml", rule), "log_mlflow=false")
+    ranked = board.table.dropna(subset=["rank"])
+    assert {"term:eval/acc", "term:eval/ece", "composite"} <= set(ranked.columns)
+    assert ranked["composite"].tolist() == sorted(ranked["composite"], reverse=True)
+    assert (ranked["term:eval/acc"] + ranked["term:eval/ece"]).round(12).tolist() == ranked["composite"].round(
+        12
+    ).tolist()
+    assert ranked["term:eval/acc"].max() == pytest.approx(0.7) and ranked["term:eval/ece"].max() == pytest.approx(0.3)
+    out = capsys.readouterr().out
+    assert "leaderboard digits" in out and "term:eval/acc" in out
