@@ -190,7 +190,9 @@ def rollback(client: Any, model: str, lock_dir: Path) -> tuple[str, str]:
         current = champion_version(client, model)
         chain = history(client, model)
         if current is not None and chain and chain[-1] != str(current.version):
-            chain = [*[v for v in chain if v != str(current.version)], str(current.version)]
+            # A promotion interrupted after writing the history: the alias is the truth.
+            at = str(current.version)
+            chain = chain[: chain.index(at) + 1] if at in chain else [*chain, at]
         if current is None or len(chain) < 2:
             raise RunStateError(
                 f"model {model!r} has no earlier champion to roll back to (champions: {chain or 'none'})",

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from src.core.errors import ConfigError, DataError, RunStateError
-from src.core.mlflow_client import tracking_uri
+from src.core.mlflow_client import ensure_store, tracking_uri
 from src.core.resolvers import PROJECT_ROOT
 from src.leaderboard import registry
 from src.leaderboard.jobs import GateFailure, argv_aliases, leaderboard, promote
@@ -258,3 +258,19 @@ composite:
     assert ranked["term:eval/acc"].max() == pytest.approx(0.7) and ranked["term:eval/ece"].max() == pytest.approx(0.3)
     out = capsys.readouterr().out
     assert "leaderboard digits" in out and "term:eval/acc" in out
+
+
+def test_a_rollback_after_an_interrupted_promotion_follows_the_alias(tmp_path: Path) -> None:
+    uri = ensure_store(tmp_path / "mlruns")
+    mlf = mlflow.MlflowClient(uri, registry_uri=uri)
+    run = mlf.create_run(mlf.create_experiment("x")).info.run_id
+    mlf.create_registered_model("m")
+    for _ in range(3):
+        mlf.create_model_version("m", f"file:///nowhere/{run}", run_id=run)
+    registry.set_champion(mlf, "m", "1", [])
+    registry.set_champion(mlf, "m", "2", ["1"])
+    # Promotion of version 3 stopped after writing the history, before moving the aliases.
+    mlf.set_registered_model_tag("m", registry.HISTORY_TAG, json.dumps(["1", "2", "3"]))
+    assert registry.rollback(mlf, "m", tmp_path) == ("2", "1")
+    assert mlf.get_model_version_by_alias("m", "champion").version in (1, "1")
+    assert registry.history(mlf, "m") == ["1"]
