@@ -4,14 +4,21 @@
 datamodule does (:mod:`src.datamodules.images.layout`) and writes one manifest row per image:
 
 ```
-image_id, path, action, reason, width, height, sha256
-action   keep | drop | quarantine
+image_id, path, action, reason, width, height, sha256, new_label
+action   keep | drop | quarantine | relabel
 reason   ""                        nothing wrong                               (keep)
          unreadable                missing file, or bytes PIL cannot decode     (drop)
          exact_duplicate_of:<id>   same bytes (sha256) as an earlier row; drop when both rows
                                    carry the same label, quarantine when the labels disagree
          too_small                 shorter side below ``min_side`` pixels       (quarantine)
+         review:keep|trash|relabel a person's decision in the label review      (keep, drop, relabel)
+new_label  the class name a ``relabel`` row gives the image (empty otherwise)
 ```
+
+The datamodule applies the manifest (``data.manifest``, by default this file in the dataset
+folder, when it exists): ``drop`` rows leave every split, ``relabel`` rows train with their
+``new_label``; the image files and ``train.csv`` are never touched. ``review.py ... export``
+merges a review's decisions into it (:func:`merge_decisions`).
 
 The first occurrence of a duplicated file is kept. ``quarantine`` means "look at it before
 training": a conflicting duplicate or a thumbnail may be a labelling error or may be fine.
@@ -38,7 +45,10 @@ from src.core.io import atomic_path
 from src.datamodules.images.layout import _read_csv, _resolve
 
 MANIFEST_NAME = "cleaning_manifest.csv"
-MANIFEST_COLUMNS = ("image_id", "path", "action", "reason", "width", "height", "sha256")
+MANIFEST_COLUMNS = ("image_id", "path", "action", "reason", "width", "height", "sha256", "new_label")
+#: Manifest actions and what the datamodule does with them.
+APPLIED_ACTIONS = ("drop", "relabel")
+REVIEW_PREFIX = "review:"
 # Anything under 8 px on a side carries no class evidence; the bundled 8x8 digits pass.
 DEFAULT_MIN_SIDE = 8
 
@@ -119,12 +129,66 @@ def clean_dataset(
                 reason,
                 *size,
                 check.sha256 if check else "",
+                "",
             )
         )
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).astype({"width": "Int64", "height": "Int64"})
     with atomic_path(Path(out) if out else root / MANIFEST_NAME) as tmp:
         manifest.to_csv(tmp, index=False)
     return manifest
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """A cleaning manifest (``new_label`` may be absent in one written before relabels existed).
+
+    Raises:
+        DataError: Unreadable, or without the ``image_id``/``action`` columns.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the cleaning manifest {path}: {exc}", "fix or delete it") from exc
+    missing = [c for c in ("image_id", "action") if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path} lacks column(s) {missing}; it has {list(frame.columns)}",
+            "write it with python -m src.datamodules.images.cleaning, or delete it",
+        )
+    for column in MANIFEST_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+    return frame[list(MANIFEST_COLUMNS)]
+
+
+def manifest_changes(path: Path, classes: list[str]) -> tuple[set[str], dict[str, int]]:
+    """``(image ids to drop, image id -> new class index)`` of the manifest at ``path``.
+
+    Raises:
+        DataError: A relabel to a class the dataset does not have (naming the row and the classes).
+    """
+    frame = read_manifest(path)
+    drop = set(frame.loc[frame["action"] == "drop", "image_id"])
+    index = {c: i for i, c in enumerate(classes)}
+    relabel = {}
+    for image_id, name in frame.loc[frame["action"] == "relabel", ["image_id", "new_label"]].itertuples(index=False):
+        if name not in index:
+            raise DataError(
+                f"{path}: image {image_id} is relabelled to {name!r}, which is not a class ({', '.join(classes)})",
+                "fix new_label in that row, or delete the row",
+            )
+        relabel[image_id] = index[name]
+    return drop, relabel
+
+
+def merge_decisions(path: Path, decided: pd.DataFrame) -> pd.DataFrame:
+    """Write ``decided`` (manifest rows of a review) into the manifest at ``path``: a reviewed
+    image's row is replaced, the others are kept; written atomically. Returns the manifest."""
+    base = read_manifest(path) if path.is_file() else pd.DataFrame(columns=list(MANIFEST_COLUMNS))
+    kept = base[~base["image_id"].isin(set(decided["image_id"]))]
+    merged = pd.concat([kept, decided[list(MANIFEST_COLUMNS)]], ignore_index=True)
+    with atomic_path(path) as tmp:
+        merged.to_csv(tmp, index=False)
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
+from src.core.io import file_fingerprint
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
 from src.datamodules.images.augment import build_transform, check_profile
+from src.datamodules.images.cleaning import manifest_changes
 from src.datamodules.images.layout import ImageTable, fingerprint, read_split
 from src.datamodules.integrity import BAD_IMAGE_POLICIES, undecodable
 from src.datamodules.seeding import SeededDistributedSampler, SeededWeightedSampler
@@ -107,6 +110,9 @@ class ImageFolderDataModule(PodiumDataModule):
             read: ``raise`` (a DataError naming them) or ``quarantine`` (drop them from every
             split with a logged warning; folds are assigned before, so the folds file does not
             change).
+        manifest: The dataset's cleaning manifest, applied when the file exists: ``drop`` rows
+            leave every split, ``relabel`` rows train with their ``new_label`` (see
+            :mod:`~src.datamodules.images.cleaning`); None: not applied.
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class ImageFolderDataModule(PodiumDataModule):
         sampler: str = "shuffle",
         pin_memory: bool = False,
         bad_images: str = "raise",
+        manifest: str | None = None,
     ) -> None:
         super().__init__()
         check_fold(fold, n_folds)
@@ -159,6 +166,8 @@ class ImageFolderDataModule(PodiumDataModule):
         self._tables: dict[str, ImageTable] | None = None
         #: Per split, positions (in its CSV) of the images dropped by ``bad_images=quarantine``.
         self.quarantined: dict[str, list[int]] = {}
+        #: Image ids the cleaning manifest drops.
+        self._dropped: set[str] = set()
 
     @property
     def num_classes(self) -> int:
@@ -195,12 +204,36 @@ class ImageFolderDataModule(PodiumDataModule):
             hp = self.hparams
             train = read_split(self.root, "train", hp.label_column, hp.group_column)
             self._check_num_classes(train)
+            train = self._apply_manifest(train)
             tables = {"train": train}
             if self.has_test:
                 tables["test"] = read_split(self.root, "test", hp.label_column, None, classes=train.classes)
             self.quarantined = self._handle_bad_images(tables)
+            if self._dropped:
+                keep = set(self.quarantined.get("train", []))
+                dropped = [i for i, sid in enumerate(train.sample_ids) if sid in self._dropped]
+                self.quarantined["train"] = sorted(keep | set(dropped))
             self._tables = tables
         return self._tables
+
+    def manifest_path(self) -> Path | None:
+        """The cleaning manifest that applies (None: not configured, or no such file)."""
+        path = self.hparams.manifest
+        return Path(path) if path and Path(path).is_file() else None
+
+    def _apply_manifest(self, table: ImageTable) -> ImageTable:
+        """The training table with the manifest's relabels; its drops are kept for ``tables``."""
+        path = self.manifest_path()
+        if path is None:
+            return table
+        drop, relabel = manifest_changes(path, table.classes)
+        self._dropped = drop
+        if drop or relabel:
+            rank_zero_only(log.info)(
+                f"cleaning manifest {path}: {len(drop)} image(s) dropped, {len(relabel)} relabelled"
+            )
+        labels = [relabel.get(sid, lab) for sid, lab in zip(table.sample_ids, table.labels, strict=True)]
+        return replace(table, labels=labels)
 
     def _check_num_classes(self, table: ImageTable) -> None:
         expected = self.hparams.num_classes
@@ -244,8 +277,11 @@ class ImageFolderDataModule(PodiumDataModule):
         return keep
 
     def fingerprint(self) -> str:
-        """Fingerprint of the training data (CSV and image files' names, sizes, mtimes)."""
-        return fingerprint(self.tables()["train"], self.root / "train.csv")
+        """Fingerprint of the training data (CSV and image files' names, sizes, mtimes, and the
+        cleaning manifest that applies)."""
+        manifest = self.manifest_path()
+        base = fingerprint(self.tables()["train"], self.root / "train.csv")
+        return base if manifest is None else file_fingerprint([manifest], base)
 
     def _subset(self, table: ImageTable, mask: np.ndarray, transform: Callable) -> ImageDataset:
         idx = np.flatnonzero(mask).tolist()
