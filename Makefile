@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 UI_PORT ?= 5000
 
-.PHONY: setup browser demo test test-fast lint format ui leaderboard bench bench-report clean-runs
+.PHONY: setup browser demo test test-fast lint format ui leaderboard review bench bench-report clean-runs
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ EXP ?= digits
 leaderboard: setup
 	$(PY) leaderboard.py experiment=$(EXP)
 
+# Review suspect labels in the browser: make review DATA=digits SOURCE=outputs/digits/<cv run>
+DATA ?= digits
+review: setup
+	$(PY) review.py data=$(DATA) source=$(SOURCE)
+
 # Every benchmark writes benchmarks/results/<name>.json; report.py renders README's section from them.
 # One at a time, nothing else running: the timing figures are sensitive to load.
 bench: setup
@@ -69,6 +74,7 @@ bench: setup
 	$(PY) benchmarks/shapes_det.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/detection_eval.py
 	$(PY) benchmarks/lens.py
+	$(PY) benchmarks/review.py
 	$(PY) benchmarks/report.py
 
 bench-report: setup

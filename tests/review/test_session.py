@@ -120,3 +120,43 @@ def test_export_rows_merge_into_the_manifest_and_the_datamodule_applies_them(dat
     bad.to_csv(manifest, index=False)
     with pytest.raises(DataError, match="relabelled to 'eleven', which is not a class"):
         manifest_changes(manifest, [str(k) for k in range(10)])
+
+
+def test_suspects_rank_by_loss_margin_and_ensemble_disagreement(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from src.review.suspects import find_suspects
+    from tests.ensemble.synthetic import write_member
+
+    a = write_member(tmp_path / "outputs" / "toy", "cv_a", seed=1, n=60)
+    b = write_member(tmp_path / "outputs" / "toy", "cv_b", seed=2, n=60)
+    by_loss, classes = find_suspects(a, "loss", 10, 0.0, set())
+    assert len(by_loss) == 10 and classes == ["c0", "c1", "c2", "c3"]
+    assert [s.score for s in by_loss] == sorted((s.score for s in by_loss), reverse=True)
+    assert all(s.score == pytest.approx(-np.log(s.probs[s.label])) for s in by_loss)
+    decided = {by_loss[0].image_id}
+    margin, _ = find_suspects(a, "margin", 100, 0.01, decided)
+    assert by_loss[0].image_id not in {s.image_id for s in margin} and all(s.score >= 0.01 for s in margin)
+    ensemble = tmp_path / "outputs" / "ensemble" / "ab"
+    ensemble.mkdir(parents=True)
+    (ensemble / "oof").symlink_to(a / "oof", target_is_directory=True)
+    OmegaConf.save({"members": [str(a), str(b)], "paths": {"root_dir": str(tmp_path)}}, ensemble / "config.yaml")
+    spread, _ = find_suspects(ensemble, "disagreement", 5, 0.0, set())
+    assert len(spread) == 5 and spread[0].score >= spread[-1].score > 0
+    with pytest.raises(Exception, match="needs an ensemble run as source"):
+        find_suspects(a, "disagreement", 5, 0.0, set())
+    with pytest.raises(DataError, match="holds no out-of-fold predictions"):
+        find_suspects(tmp_path, "loss", 5, 0.0, set())
+
+
+def test_review_refuses_a_source_of_another_dataset_and_export_without_a_journal(root: Path, tmp_path: Path) -> None:
+    from src.review.jobs import build_session, dataset, export
+    from tests.conftest import compose_cfg
+    from tests.ensemble.synthetic import write_member
+
+    write_member(root / "outputs" / "toy", "cv_a", seed=1, n=60)
+    cfg = compose_cfg(["data=digits", "source=outputs/toy/cv_a"], root, "review")
+    with pytest.raises(DataError, match="predicts classes"):
+        build_session(cfg, dataset(cfg))
+    with pytest.raises(DataError, match="no review journal at"):
+        export(cfg)
