@@ -30,10 +30,12 @@ from typing_extensions import override
 
 from src.core.errors import ConfigError, DataError
 from src.core.io import STALE_TEMP_S, file_fingerprint, sweep_temp_files
+from src.core.ranks import process_rank
 from src.datamodules.ariel.cache import CalibrationCache
-from src.datamodules.ariel.chain import CalibrationChain, calibrate_planet, chain_hash
+from src.datamodules.ariel.chain import CalibrationChain, chain_hash
 from src.datamodules.ariel.forward import SimConfig
 from src.datamodules.ariel.layout import SPLITS, ArielLayout, get_edition
+from src.datamodules.ariel.parallel import PlanetCalibrator, PlanetJob, check_workers, run_jobs
 from src.datamodules.ariel.settings import instrument_settings
 from src.datamodules.ariel.simulate import simulate_dataset
 from src.datamodules.ariel.tables import (
@@ -136,11 +138,14 @@ class ArielDataModule(PodiumDataModule):
         self.root = Path(root)
         self.layout = ArielLayout(self.root, get_edition(edition))
         calibration = dict(_plain(calibration) or {})
-        unknown = set(calibration) - {"steps", "instruments", "chunk_frames"}
+        unknown = set(calibration) - {"steps", "instruments", "chunk_frames", "workers"}
         if unknown:
             raise ConfigError(
-                f"data.calibration has unknown key(s) {sorted(unknown)}", "use steps, instruments, chunk_frames"
+                f"data.calibration has unknown key(s) {sorted(unknown)}",
+                "use steps, instruments, chunk_frames, workers",
             )
+        # Processes that calibrate planets at once; results do not depend on it (not in the hash).
+        self.workers = check_workers(calibration.get("workers", 1))
         self.chain = CalibrationChain.from_config(calibration.get("steps"))
         self.settings = instrument_settings(calibration.get("instruments"))
         self.chunk_frames = calibration.get("chunk_frames")
@@ -218,32 +223,30 @@ class ArielDataModule(PodiumDataModule):
         # Written here, once, so that setup on every rank only reads it; first, so that a fold
         # count the planets cannot fill fails before minutes of calibration.
         self.folds()
-        computed = 0
+        todo = []
         for split in SPLITS:
-            ids = self.planet_ids(split)
-            if not ids:
-                continue
-            adc, axis = read_adc(self.layout, split), read_axis_info(self.layout)
-            for pid in ids:
+            for pid in self.planet_ids(split):
                 if (split, pid) in self._calibrated:
                     continue
                 fp = self.planet_fingerprint(split, pid)
                 arrays = self.cache.load(split, pid, self.hparams.visit, fp)
                 if arrays is None:
-                    arrays = calibrate_planet(
-                        self.layout,
-                        split,
-                        pid,
-                        self.hparams.visit,
-                        self.chain,
-                        self.settings,
-                        adc,
-                        axis,
-                        self.chunk_frames,
-                    )
-                    self.cache.store(split, pid, self.hparams.visit, fp, arrays)
-                    computed += 1
-                self._calibrated[(split, pid)] = arrays
+                    todo.append(PlanetJob(split, pid, fp))
+                else:
+                    self._calibrated[(split, pid)] = arrays
+        calibrator = PlanetCalibrator(
+            self.layout,
+            self.hparams.visit,
+            self.chain,
+            self.settings,
+            self.chunk_frames,
+            self.cache,
+            {split: read_adc(self.layout, split) for split in {job.split for job in todo}},
+            read_axis_info(self.layout) if todo else None,
+        )
+        for job, arrays in run_jobs(todo, calibrator, self.workers, show_progress=process_rank() == 0):
+            self._calibrated[(job.split, job.planet_id)] = arrays
+        computed = len(todo)
         rank_zero_info(f"Ariel calibration: {computed} planets calibrated, {self.cache.hits} read from cache")
 
     def _load_calibrated(self, split: str, ids: Sequence[int]) -> dict[str, np.ndarray]:
