@@ -9,6 +9,7 @@ import pytest
 
 from src.core.errors import ConfigError
 from src.core.io import sha256_file
+from src.core.resolvers import PROJECT_ROOT
 from src.leaderboard.bootstrap import Paired
 from src.leaderboard.composite import check_terms, composite_terms, order
 from src.leaderboard.gates import Context, apply_gates, check_specs
@@ -146,3 +147,20 @@ def test_composite_normalises_weights_and_breaks_ties() -> None:
     assert ranked.index("d") < ranked.index("b")
     with pytest.raises(ConfigError, match="no run logs the metric 'speed'"):
         check_terms({"terms": [{"metric": "speed", "weight": 1}]}, "g.yaml", set(values.columns))
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "configs" / "gates").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_gates_file_reads_and_its_gates_are_well_formed(path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from src.leaderboard.board import read_gates_file
+
+    node = OmegaConf.merge({"paths": {"data_dir": "/data"}, "board": read_gates_file(path)}, {})
+    board = OmegaConf.to_container(node, resolve=True)["board"]
+    gates = board.get("gates") or []
+    named = {g.get(k) for g in gates for k in ("metric", "minus") if g.get(k)}
+    check_specs(gates, str(path), named)  # every kind, name and key valid (metrics exist per run)
+    if board.get("composite"):
+        terms = board["composite"]["terms"] + (board["composite"].get("tie_breakers") or [])
+        check_terms(board["composite"], str(path), {t["metric"] for t in terms})
+    assert board.get("model_name", "podium.").startswith("podium.")
