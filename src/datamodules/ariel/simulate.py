@@ -1,10 +1,14 @@
 """Write a toy Ariel dataset in the competition layout: ``python -m src.datamodules.ariel.simulate``.
 
     python -m src.datamodules.ariel.simulate --out data/ariel_toy --planets 16 --seed 0
+    python -m src.datamodules.ariel.simulate --out data/ariel_full --planets 4 --scale full
 
 Full frame geometry (FGS1 32x32, AIRS-CH0 32x356 per parquet row), fewer frames (by default 60
-AIRS and 720 FGS1 read pairs per visit over 7.5 h). Deterministic per seed; planet ``k`` draws
-from ``default_rng([seed, k])`` so adding planets does not change the first ones.
+AIRS and 720 FGS1 read pairs per visit over 7.5 h); ``--scale full`` writes the competition's
+frame counts (11,250 AIRS, 135,000 FGS1 frames per visit), exposed and written in slices of read
+pairs (one parquet row group each, :data:`CHUNK_PIXELS`) so memory holds a slice, not the visit.
+Deterministic per seed; planet ``k`` draws from ``default_rng([seed, k])`` so adding planets does
+not change the first ones.
 
 Besides the competition files it writes ``<out>/truth/<split>/<planet_id>_<visit>.npz``, for tests
 only: the noiseless stellar electrons per read difference that calibration should recover
@@ -18,8 +22,9 @@ import argparse
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +36,12 @@ from src.datamodules.ariel import forward as fw
 from src.datamodules.ariel.forward import SimConfig
 from src.datamodules.ariel.layout import AIRS, FGS1, INSTRUMENTS, ArielLayout, get_edition
 from src.datamodules.ariel.tables import WL_COLUMNS
+
+#: A visit of more pixels than this (read pairs x frame pixels) is simulated in slices of pairs:
+#: ~8 M pixels keep a slice's float64 arrays near 0.5 GB; the toy scale stays in one piece.
+CHUNK_PIXELS = 8_000_000
+#: Read pairs per visit of the competition data: 11,250 AIRS-CH0 and 135,000 FGS1 frames.
+FULL_SCALE = {"airs_pairs": 5_625, "fgs1_pairs": 67_500}
 
 
 def write_matrix(path: Path, values: np.ndarray, fast: bool = False) -> None:
@@ -52,21 +63,79 @@ def _times(cfg: SimConfig, instrument: str) -> tuple[np.ndarray, np.ndarray]:
     return reads, 0.5 * (reads[0::2] + reads[1::2])
 
 
-def _instrument_rate(
-    rng: np.random.Generator, cfg: SimConfig, instrument: str, system: fw.System, depths: np.ndarray
-) -> np.ndarray:
-    """Noiseless stellar rate per pixel (e-/s, before flat) of one instrument over its pairs."""
-    _, mid = _times(cfg, instrument)
-    jitter = rng.normal(0.0, cfg.jitter_px, (len(mid), 2))
+@dataclass(frozen=True)
+class StarRate:
+    """The noiseless stellar rate of one instrument, computable for any slice of its read pairs.
+
+    The random parts (pointing jitter of every pair, the trace or spot centre) are drawn when it is
+    made, in the order the simulator always drew them, so a visit computed in one piece or in
+    slices of pairs sees the same pointing.
+    """
+
+    instrument: str
+    cfg: SimConfig
+    system: fw.System
+    depths: np.ndarray
+    mid: np.ndarray
+    jitter: np.ndarray
+    centre: Any
+
+    @classmethod
+    def draw(
+        cls, rng: np.random.Generator, cfg: SimConfig, instrument: str, system: fw.System, depths: np.ndarray
+    ) -> StarRate:
+        _, mid = _times(cfg, instrument)
+        jitter = rng.normal(0.0, cfg.jitter_px, (len(mid), 2))
+        if instrument == AIRS:
+            centre: Any = 15.5 + rng.uniform(-0.3, 0.3)
+        else:
+            centre = (15.5 + rng.uniform(-0.3, 0.3), 15.5 + rng.uniform(-0.3, 0.3))
+        return cls(instrument, cfg, system, depths, mid, jitter, centre)
+
+    def __call__(self, pairs: slice) -> np.ndarray:
+        """Rate per pixel (e-/s, before flat), shape (pairs in the slice, rows, cols)."""
+        mid, jitter, system, cfg = self.mid[pairs], self.jitter[pairs], self.system, self.cfg
+        if self.instrument == AIRS:
+            wl = fw.airs_wavelengths()
+            depth = np.interp(wl, fw.label_wavelengths()[1:], self.depths[1:])
+            lc = fw.transit_curves(system, mid, depth, wl) * fw.drift_factor(system, mid, cfg.hours, wl)
+            return fw.airs_star_rate(system, cfg, lc, jitter, self.centre)
+        wl = np.array([fw.FGS1_WAVELENGTH_UM])
+        lc = fw.transit_curves(system, mid, self.depths[:1], wl) * fw.drift_factor(system, mid, cfg.hours, wl)
+        return fw.fgs1_star_rate(system, cfg, lc[:, 0], jitter, self.centre)
+
+
+def _truth_flux(instrument: str, star: np.ndarray, cfg: SimConfig) -> np.ndarray:
+    """Noiseless stellar electrons per read difference: (pairs,) FGS1, (pairs, 282) AIRS in label order."""
+    electrons = star * cfg.integration_s[instrument][1]
     if instrument == AIRS:
-        wl = fw.airs_wavelengths()
-        depth = np.interp(wl, fw.label_wavelengths()[1:], depths[1:])
-        lc = fw.transit_curves(system, mid, depth, wl) * fw.drift_factor(system, mid, cfg.hours, wl)
-        return fw.airs_star_rate(system, cfg, lc, jitter, 15.5 + rng.uniform(-0.3, 0.3))
-    wl = np.array([fw.FGS1_WAVELENGTH_UM])
-    lc = fw.transit_curves(system, mid, depths[:1], wl) * fw.drift_factor(system, mid, cfg.hours, wl)
-    centre = (15.5 + rng.uniform(-0.3, 0.3), 15.5 + rng.uniform(-0.3, 0.3))
-    return fw.fgs1_star_rate(system, cfg, lc[:, 0], jitter, centre)
+        cols = slice(fw.AIRS_COLUMNS[0], fw.AIRS_COLUMNS[1])
+        return electrons.sum(axis=1)[:, cols][:, ::-1]
+    return electrons.sum(axis=(1, 2))
+
+
+def _write_signal_chunked(
+    path: Path, rng: np.random.Generator, cfg: SimConfig, instrument: str, star_rate: StarRate, det: dict,
+    chunk_pairs: int,
+) -> np.ndarray:  # fmt: skip
+    """Expose and write the signal file slice by slice (one parquet row group each): memory holds
+    one slice of frames, never the visit. Returns the truth flux of every pair."""
+    pairs = len(star_rate.mid)
+    names = [str(j) for j in range(int(np.prod(fw.FRAME_SHAPES[instrument])))]
+    schema = pa.schema([(n, pa.uint16()) for n in names])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    truth = []
+    with pq.ParquetWriter(path, schema, use_dictionary=False, write_statistics=False) as writer:
+        for start in range(0, pairs, chunk_pairs):
+            star = star_rate(slice(start, min(pairs, start + chunk_pairs)))
+            raw = fw.expose(rng, (star + cfg.foreground[instrument]) * det["flat"], det,
+                            cfg.integration_s[instrument], cfg.adc[instrument])  # fmt: skip
+            flat = raw.reshape(len(raw), -1)
+            writer.write_table(
+                pa.Table.from_arrays([pa.array(flat[:, j]) for j in range(flat.shape[1])], schema=schema)
+            )
+            truth.append(_truth_flux(instrument, star, cfg))
+    return np.concatenate(truth)
 
 
 def simulate_visit(
@@ -78,26 +147,35 @@ def simulate_visit(
     cfg: SimConfig,
     system: fw.System,
     depths: np.ndarray,
+    chunk_pixels: int = CHUNK_PIXELS,
 ) -> dict[str, np.ndarray]:
-    """Write one visit's signal and calibration files; return its noiseless truth arrays."""
+    """Write one visit's signal and calibration files; return its noiseless truth arrays.
+
+    An instrument whose visit holds more than ``chunk_pixels`` pixels (competition scale) is
+    exposed and written in slices of read pairs, in bounded memory; a smaller one (toy scale) in
+    one piece, as it always was.
+    """
     truth: dict[str, np.ndarray] = {}
     for inst in INSTRUMENTS:
-        star = _instrument_rate(rng, cfg, inst, system, depths)
+        star_rate = StarRate.draw(rng, cfg, inst, system, depths)
         det = fw.draw_detector(rng, cfg, inst)
-        rate = (star + cfg.foreground[inst]) * det["flat"]
-        raw = fw.expose(rng, rate, det, cfg.integration_s[inst], cfg.adc[inst])
-        write_matrix(layout.signal(split, planet_id, inst, visit), raw.reshape(len(raw), -1), fast=True)
+        signal = layout.signal(split, planet_id, inst, visit)
+        frame = int(np.prod(fw.FRAME_SHAPES[inst]))
+        pairs = len(star_rate.mid)
+        key = "airs" if inst == AIRS else "fgs1"
+        if pairs * frame > chunk_pixels:
+            chunk = max(1, chunk_pixels // frame)
+            truth[f"{key}_flux"] = _write_signal_chunked(signal, rng, cfg, inst, star_rate, det, chunk)
+        else:
+            star = star_rate(slice(None))
+            rate = (star + cfg.foreground[inst]) * det["flat"]
+            raw = fw.expose(rng, rate, det, cfg.integration_s[inst], cfg.adc[inst])
+            write_matrix(signal, raw.reshape(len(raw), -1), fast=True)
+            truth[f"{key}_flux"] = _truth_flux(inst, star, cfg)
         for name in ("dark", "dead", "flat", "read"):
             write_matrix(layout.calibration(split, planet_id, inst, name, visit), det[name])
         lin = det["linear_corr"].reshape(-1, det["linear_corr"].shape[-1])
         write_matrix(layout.calibration(split, planet_id, inst, "linear_corr", visit), lin)
-        electrons = star * cfg.integration_s[inst][1]
-        key = "airs" if inst == AIRS else "fgs1"
-        if inst == AIRS:
-            cols = slice(fw.AIRS_COLUMNS[0], fw.AIRS_COLUMNS[1])
-            truth[f"{key}_flux"] = electrons.sum(axis=1)[:, cols][:, ::-1]
-        else:
-            truth[f"{key}_flux"] = electrons.sum(axis=(1, 2))
         truth[f"{key}_time"] = _times(cfg, inst)[1]
     return truth
 
@@ -232,16 +310,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--planets", type=int, default=16, help="training planets")
     p.add_argument("--test-planets", type=int, default=4, help="test planets")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--scale",
+        choices=["toy", "full"],
+        default="toy",
+        help="full: competition-size visits (5,625 AIRS / 67,500 FGS1 read pairs, about 0.5 GB of frames "
+        "each), written in slices in bounded memory; sets the pair counts",
+    )
     p.add_argument("--airs-pairs", type=int, default=SimConfig.airs_pairs)
     p.add_argument("--fgs1-pairs", type=int, default=SimConfig.fgs1_pairs)
     p.add_argument("--hours", type=float, default=SimConfig.hours)
     p.add_argument("--visits", type=int, default=SimConfig.visits)
     p.add_argument("--edition", choices=["2025", "2024"], default=SimConfig.edition)
     args = p.parse_args(argv)
+    pairs = FULL_SCALE if args.scale == "full" else {"airs_pairs": args.airs_pairs, "fgs1_pairs": args.fgs1_pairs}
     cfg = replace(
         SimConfig(),
-        airs_pairs=args.airs_pairs,
-        fgs1_pairs=args.fgs1_pairs,
+        **pairs,
         hours=args.hours,
         visits=args.visits,
         edition=args.edition,
