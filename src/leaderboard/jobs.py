@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from src.core.errors import ConfigError, DataError, PodiumError
 from src.core.mlflow_client import experiment_id, log_metrics, tracking_uri
 from src.leaderboard import registry
-from src.leaderboard.board import Board, build_board, write_outputs
+from src.leaderboard.board import Board, build_board, load_settings, write_outputs
 from src.leaderboard.html import render
 from src.leaderboard.runs import Candidate, store_error
 
@@ -205,8 +205,6 @@ def promote(cfg: DictConfig) -> str | None:
 
 def rollback(cfg: DictConfig) -> str:
     """``champion`` back to the version promoted before the current one."""
-    from src.leaderboard.board import load_settings
-
     client, _ = open_client(cfg)
     model = load_settings(cfg).model_name
     if cfg.dry_run:

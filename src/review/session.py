@@ -84,10 +84,13 @@ class ReviewSession:
         return lease is not None and lease.reviewer != reviewer and lease.until > self.clock()
 
     def _current(self, reviewer: str) -> str | None:
-        for image_id, lease in self.leases.items():
-            if lease.reviewer == reviewer and lease.until > self.clock() and image_id not in self.decided():
-                return image_id
-        return None
+        """The undecided image the reviewer holds a live lease on, if any."""
+        now = self.clock()
+        held = [i for i, lease in self.leases.items() if lease.reviewer == reviewer and lease.until > now]
+        if not held:
+            return None
+        done = self.decided()  # the journal is replayed once, not once per lease
+        return next((i for i in held if i not in done), None)
 
     def _next(self, reviewer: str) -> str | None:
         """The reviewer's image: the one it holds, else the first free undecided one it has not
