@@ -2,6 +2,10 @@
 
     python benchmarks/ariel_calibration.py [--planets 6] [--repeats 3] [--data DIR]
     python benchmarks/ariel_calibration.py --planets 1 --repeats 2 --airs-pairs 20 --fgs1-pairs 200   # smoke run
+    python benchmarks/ariel_calibration.py --scale full [--planets 4] [--repeats 2]   # competition-size planets
+
+``--scale full`` runs ``ariel_calibration_full.py`` (MB/s per process against the parquet-decode
+and copy limits, scaling to 2 processes, peak RSS per worker, projected time for 1,100 planets).
 
 Simulates a toy dataset (unless ``--data`` points at one), then times, per planet (both
 instruments, default chain, one process):
@@ -176,6 +180,16 @@ def print_figures(times: dict[str, list[float]], raw_mb: float, n: int, frames: 
 
 
 def main() -> None:
+    if "--scale" in sys.argv:
+        scale = sys.argv[sys.argv.index("--scale") + 1 :][:1]
+        if scale == ["full"]:
+            import ariel_calibration_full
+
+            ariel_calibration_full.main(sys.argv[1:])
+            return
+        if scale != ["toy"]:
+            sys.exit(f"ariel_calibration.py: --scale {scale[0] if scale else ''!s} is not toy or full")
+        sys.argv.remove("--scale"), sys.argv.remove("toy")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--planets", type=int, default=6)
     p.add_argument("--data", type=Path, default=None, help="existing toy dataset (default: simulate one)")

@@ -27,7 +27,7 @@ DEFAULT_STEPS: tuple[str, ...] = ("adc", "mask", "linearity", "dark", "cds", "bi
 #: Prefix of each instrument's arrays in a calibrated planet (``fgs1_flux``, ``airs_var``, ...).
 ARRAY_PREFIX: dict[str, str] = {FGS1: "fgs1", AIRS: "airs"}
 #: Bumped when the meaning of cached arrays changes, so old caches are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def build_step(spec: str | Mapping[str, Any], index: int) -> Step:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from src.datamodules.ariel.exposure import BoolArray, Detector, FloatArray
+from src.datamodules.ariel.exposure import BoolArray, Detector, FloatArray, Linearized
 
 
 def polyval_and_slope(
@@ -33,14 +33,8 @@ def polyval_and_slope(
     value, slope = np.empty_like(x), np.empty_like(x)
     step = max(1, block_elements // max(1, x[0].size))
     for start in range(0, len(x), step):
-        xs, v, d = x[start : start + step], value[start : start + step], slope[start : start + step]
-        v[...] = c[-1]
-        d[...] = 0.0
-        for k in range(len(c) - 2, -1, -1):
-            d *= xs
-            d += v
-            v *= xs
-            v += c[k]
+        b = slice(start, start + step)
+        _horner(c, x[b], value[b], slope[b])
     return value, slope
 
 
@@ -59,16 +53,62 @@ def raw_variance(raw: FloatArray, det: Detector) -> tuple[FloatArray, FloatArray
         ``(variance, read_variance)``: per-read variance (ADU^2) of raw's shape, and the part of
         it that is independent between reads (ADU^2), shape (rows, cols).
     """
-    gain = np.float32(det.gain)
-    measured = raw * np.float32(1.0 / det.gain)
-    measured += np.float32(det.offset)
-    charge, slope = polyval_and_slope(det.linear_corr, measured)
-    np.maximum(charge, 0.0, out=charge)
-    charge /= np.square(slope, out=slope)
+    variance, read_var, _ = linearize(raw, det)
+    return variance, read_var
+
+
+def linearize(
+    raw: np.ndarray, det: Detector, block_elements: int = 1 << 18
+) -> tuple[FloatArray, FloatArray, Linearized]:
+    """:func:`raw_variance`, keeping the electrons and linear charge it computes on the way.
+
+    One pass of the per-pixel polynomial serves the variance model, the ``adc`` step and the
+    ``linearity`` step (see :class:`~src.datamodules.ariel.exposure.Linearized`). The work runs
+    in blocks of about ``block_elements`` values, each block finished (float32 conversion, ADC,
+    polynomial and slope, variance) while it is in the CPU cache: every output is written once.
+
+    Args:
+        raw: Raw reads (ADU, any numeric dtype: the competition's uint16 or float32), shape
+            (frames, rows, cols).
+        det: The instrument's calibration maps and ADC settings.
+        block_elements: Values per block (performance only; the results do not depend on it).
+
+    Returns:
+        ``(variance, read_variance, linearized)``; ``linearized.adu`` is ``raw`` as float32
+        (``raw`` itself when it is float32 already).
+    """
+    adu = raw if raw.dtype == np.float32 else np.empty(raw.shape, dtype=np.float32)
+    electrons, value, slope2, variance = (np.empty(raw.shape, dtype=np.float32) for _ in range(4))
+    inv, offset, gain2 = np.float32(1.0 / det.gain), np.float32(det.offset), np.float32(det.gain) ** 2
+    coeffs = det.linear_corr.astype(np.float32)
     read_var = (np.square(det.read_noise) * det.gain**2 + 1.0 / 12.0).astype(np.float32)
-    charge *= gain * gain
-    charge += read_var
-    return charge, read_var
+    step = max(1, block_elements // max(1, raw[0].size))
+    for start in range(0, len(raw), step):
+        b = slice(start, start + step)
+        if adu is not raw:
+            adu[b] = raw[b]
+        np.multiply(adu[b], inv, out=electrons[b])
+        electrons[b] += offset
+        v, d = value[b], slope2[b]
+        _horner(coeffs, electrons[b], v, d)
+        np.square(d, out=d)
+        var = variance[b]
+        np.maximum(v, 0.0, out=var)
+        var /= d
+        var *= gain2
+        var += read_var
+    return variance, read_var, Linearized(adu=adu, electrons=electrons, charge=value, slope2=slope2)
+
+
+def _horner(c: np.ndarray, x: np.ndarray, value: np.ndarray, slope: np.ndarray) -> None:
+    """Per-pixel polynomial ``c`` (constant term first) and its derivative at ``x``, into the outputs."""
+    value[...] = c[-1]
+    slope[...] = 0.0
+    for k in range(len(c) - 2, -1, -1):
+        slope *= x
+        slope += value
+        value *= x
+        value += c[k]
 
 
 def sigma_clip_outliers(values: npt.NDArray[np.floating], sigma: float, max_iters: int) -> BoolArray:

@@ -62,6 +62,41 @@ class Geometry:
     reverse: bool = False
     bin_size: int = 1
 
+    def crop_columns(self, start: int, stop: int) -> Geometry:
+        """The geometry of frames cut to detector columns ``start:stop`` (kept columns renumbered)."""
+        lo, hi, _ = self.columns.indices(self.aperture.shape[1])
+        return Geometry(
+            aperture=self.aperture[:, start:stop],
+            background=self.background[:, start:stop],
+            mode=self.mode,
+            columns=slice(lo - start, hi - start),
+            reverse=self.reverse,
+            bin_size=self.bin_size,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Linearized:
+    """The ``adc`` and ``linearity`` steps' results, computed once with the raw variance.
+
+    The detector model's variance of a raw read needs the linearised charge of that read, which is
+    what ``adc`` followed by ``linearity`` compute; the reader keeps them, so the two steps reuse
+    them instead of evaluating the per-pixel polynomial over every frame a second time. A step uses
+    them only while its input signal *is* the array they were computed from (steps never modify
+    arrays in place, so identity means the same values).
+
+    Attributes:
+        adu: The raw reads (ADU) they were computed from.
+        electrons: ``adu / gain + offset``: the ``adc`` step's output.
+        charge: The ``linear_corr`` polynomial of ``electrons``: the ``linearity`` step's signal.
+        slope2: The polynomial's derivative squared, which scales the variance.
+    """
+
+    adu: FloatArray
+    electrons: FloatArray
+    charge: FloatArray
+    slope2: FloatArray
+
 
 @dataclass(frozen=True)
 class Exposure:
@@ -88,6 +123,8 @@ class Exposure:
         extracted: Whether the frames are light curves rather than images.
         shared_variance: Variance of an error common to every pixel of a column in a frame (from
             a subtracted background estimate), broadcastable to (frames, 1, cols); None if none.
+        linearized: The reader's ``adc`` and ``linearity`` results for these frames (see
+            :class:`Linearized`); None once used or when unknown.
     """
 
     instrument: str
@@ -104,6 +141,7 @@ class Exposure:
     cds: bool = False
     extracted: bool = False
     shared_variance: FloatArray | None = None
+    linearized: Linearized | None = None
 
     @property
     def n_frames(self) -> int:

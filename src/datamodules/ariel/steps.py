@@ -55,8 +55,12 @@ class AdcStep(Step):
     def __call__(self, exp: Exposure) -> Exposure:
         exp.require(self.name, units="adu", image=True)
         inv = np.float32(1.0 / exp.detector.gain)
-        signal = exp.signal * inv
-        signal += np.float32(exp.detector.offset)
+        lin = exp.linearized
+        if lin is not None and lin.adu is exp.signal:
+            signal = lin.electrons  # the reader computed exactly this with the variance
+        else:
+            signal = exp.signal * inv
+            signal += np.float32(exp.detector.offset)
         scale = inv * inv
         return dataclasses.replace(
             exp,
@@ -97,10 +101,14 @@ class LinearityStep(Step):
 
     def __call__(self, exp: Exposure) -> Exposure:
         exp.require(self.name, units="electrons", image=True, raw=True)
+        lin = exp.linearized
+        if lin is not None and lin.electrons is exp.signal:
+            # Computed by the reader with the raw variance: the polynomial runs once per frame.
+            return dataclasses.replace(exp, signal=lin.charge, variance=lin.slope2 * exp.variance, linearized=None)
         signal, slope = polyval_and_slope(exp.detector.linear_corr, exp.signal)
         slope *= slope
         slope *= exp.variance
-        return dataclasses.replace(exp, signal=signal, variance=slope)
+        return dataclasses.replace(exp, signal=signal, variance=slope, linearized=None)
 
 
 @register("dark")
@@ -147,6 +155,7 @@ class CdsStep(Step):
             dt=exp.dt[1::2] - exp.dt[0::2],
             cds=True,
             shared_variance=None if shared is None else shared[0::2] + shared[1::2],
+            linearized=None,
         )
 
 
