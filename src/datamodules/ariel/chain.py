@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from src.datamodules.ariel.reader import RawExposure, read_raw
 from src.datamodules.ariel.settings import InstrumentSettings
 from src.datamodules.ariel.steps import STEPS, BinStep, Step
 from src.datamodules.ariel.tables import AdcTable, AxisInfo
+
+if TYPE_CHECKING:
+    from src.datamodules.ariel.torch_path import TorchFrontend
 
 DEFAULT_STEPS: tuple[str, ...] = ("adc", "mask", "linearity", "dark", "cds", "bin", "flat", "background", "extract")
 #: Prefix of each instrument's arrays in a calibrated planet (``fgs1_flux``, ``airs_var``, ...).
@@ -79,11 +82,13 @@ class CalibrationChain:
         sizes = [s.size or raw.geometry.bin_size for s in self.steps if isinstance(s, BinStep)]
         return 2 * max(sizes, default=1)
 
-    def run(self, raw: RawExposure, chunk_frames: int | None = None) -> Exposure:
+    def run(self, raw: RawExposure, chunk_frames: int | None = None, frontend: TorchFrontend | None = None) -> Exposure:
         """Calibrate ``raw`` in chunks of about ``chunk_frames`` reads (all at once when None).
 
         Chunks bound the memory of full-size planets and keep the arrays in cache. Each chunk's
-        extraction profile comes from that chunk's own mean frame.
+        extraction profile comes from that chunk's own mean frame. With a ``frontend`` (the
+        torch path, see :mod:`~src.datamodules.ariel.torch_path`) it runs the chain's leading
+        steps and the remaining steps run here.
         """
         n, align = len(raw.frames), self.chunk_align(raw)
         size = n if not chunk_frames else max(align, int(chunk_frames) // align * align)
@@ -91,7 +96,11 @@ class CalibrationChain:
         if len(starts) > 1 and n - starts[-1] < align:
             starts.pop()  # fold a short tail into the previous chunk rather than lose it
         bounds = [*starts[1:], n]
-        parts = [self(raw.exposure(a, b)) for a, b in zip(starts, bounds, strict=True)]
+        if frontend is None:
+            parts = [self(raw.exposure(a, b)) for a, b in zip(starts, bounds, strict=True)]
+        else:
+            rest = CalibrationChain(self.steps[frontend.n_steps :])
+            parts = [rest(frontend(raw, a, b)) for a, b in zip(starts, bounds, strict=True)]
         return parts[0] if len(parts) == 1 else _concat(parts)
 
 
@@ -138,8 +147,9 @@ def calibrate_planet(
     adc: AdcTable,
     axis: AxisInfo,
     chunk_frames: int | None = None,
+    frontend: TorchFrontend | None = None,
 ) -> dict[str, np.ndarray]:
-    """Read and calibrate both instruments of one planet visit.
+    """Read and calibrate both instruments of one planet visit (``frontend``: see ``CalibrationChain.run``).
 
     Returns:
         float32 arrays ``fgs1_flux``/``fgs1_var`` (time,), ``airs_flux``/``airs_var``
@@ -149,7 +159,7 @@ def calibrate_planet(
     out: dict[str, np.ndarray] = {}
     for name, inst in settings.items():
         raw = read_raw(layout, split, planet_id, visit, inst, adc, axis)
-        exp = chain.run(raw, chunk_frames)
+        exp = chain.run(raw, chunk_frames, frontend)
         if not exp.extracted:
             raise ConfigError(
                 "data.calibration.steps does not end in light curves ('extract' is missing)",

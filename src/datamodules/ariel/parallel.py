@@ -22,6 +22,7 @@ import numpy as np
 
 from src.core.errors import ConfigError, DataError
 from src.datamodules.ariel.chain import calibrate_planet
+from src.datamodules.ariel.torch_path import TorchFrontend, split_steps
 
 Arrays = dict[str, np.ndarray]
 
@@ -114,6 +115,7 @@ class PlanetCalibrator:
         cache: Where the result is stored.
         adc: The ADC table of each split that has planets to calibrate.
         axis: The wavelength/time axis info.
+        torch_device: Run the per-read steps in torch on this device (None: numpy).
     """
 
     layout: Any
@@ -124,11 +126,15 @@ class PlanetCalibrator:
     cache: Any
     adc: dict[str, Any]
     axis: Any
+    torch_device: str | None = None
 
     def __call__(self, job: PlanetJob) -> Arrays:
+        frontend = None
+        if self.torch_device is not None:
+            frontend = TorchFrontend(split_steps(self.chain.steps)[0], self.torch_device)
         arrays = calibrate_planet(
             self.layout, job.split, job.planet_id, self.visit, self.chain, self.settings, self.adc[job.split],
-            self.axis, self.chunk_frames,
+            self.axis, self.chunk_frames, frontend,
         )  # fmt: skip
         self.cache.store(job.split, job.planet_id, self.visit, job.fingerprint, arrays)
         return arrays
