@@ -159,16 +159,48 @@ def first_difference_noise(y: Tensor) -> Tensor:
     return (y.diff(dim=-1) ** 2).mean(-1) / 2
 
 
+def expected_duration_h(period_d: Tensor, a_rs: Tensor, inc_deg: Tensor, k: float = 0.1) -> Tensor:
+    """Total transit duration T14 (hours) of a circular orbit from the star table.
+
+    ``T14 = P / pi * asin(sqrt((1 + k)^2 - b^2) / (a sin i))`` with the impact parameter
+    ``b = a cos i``; ``k`` (radius ratio) is not known before the fit, 0.1 is typical. NaN where
+    the values give no transit (``b >= 1 + k``) or are not finite.
+
+    Args:
+        period_d: Orbital period (days).
+        a_rs: Semi-major axis in stellar radii (the competition's ``sma``).
+        inc_deg: Inclination (degrees).
+        k: Assumed planet-to-star radius ratio.
+    """
+    inc = torch.deg2rad(inc_deg.double())
+    a = a_rs.double()
+    b = a * torch.cos(inc)
+    chord = ((1 + k) ** 2 - b**2).clamp(min=0.0).sqrt()
+    arg = (chord / (a * torch.sin(inc)).clamp(min=1e-9)).clamp(max=1.0)
+    t14 = period_d.double() * 24.0 / torch.pi * torch.asin(arg)
+    ok = torch.isfinite(t14) & (b < 1 + k) & (a > 1.0) & (t14 > 0)
+    return torch.where(ok, t14, torch.full_like(t14, float("nan")))
+
+
 class TransitWindowFit(nn.Module):
     """Grid search of the transit window on the white-light curves, then per-bin linear fits.
+
+    The durations searched come from the star table when it gives them: with ``meta_columns``
+    naming the batch's ``meta`` columns (``data.meta_columns``) and ``P``, ``sma`` (stellar radii)
+    and ``i`` among them, each planet's grid spans ``duration_factors`` around its expected
+    duration (:func:`expected_duration_h`); planets whose table gives no transit, and every
+    planet without those columns, search ``duration_range_h``.
 
     Args:
         poly_degree: Degree of the baseline polynomial in time (0 = flat).
         t0_range_h: Mid-transit search half-range around the observation's middle (hours).
         n_t0: Grid points of the mid-transit search.
-        duration_range_h: Transit-duration search range (hours).
+        duration_range_h: Transit-duration search range (hours) without the star table.
         n_duration: Grid points of the duration search.
         ridge: Relative ridge of the normal equations.
+        meta_columns: Names of the batch's ``meta`` columns (None: durations from
+            ``duration_range_h`` only).
+        duration_factors: Searched durations relative to the expected one, ``[low, high]``.
     """
 
     def __init__(
@@ -179,25 +211,43 @@ class TransitWindowFit(nn.Module):
         duration_range_h: Sequence[float] = (1.5, 3.5),
         n_duration: int = 9,
         ridge: float = 1e-9,
+        meta_columns: Sequence[str] | None = None,
+        duration_factors: Sequence[float] = (0.7, 1.3),
     ) -> None:
         super().__init__()
         lo, hi = (float(v) for v in duration_range_h)
-        if poly_degree < 0 or n_t0 < 1 or n_duration < 1 or not 0 < lo <= hi:
+        f_lo, f_hi = (float(v) for v in duration_factors)
+        if poly_degree < 0 or n_t0 < 1 or n_duration < 1 or not 0 < lo <= hi or not 0 < f_lo <= f_hi:
             raise ConfigError(
                 f"transit fit settings poly_degree={poly_degree}, n_t0={n_t0}, n_duration={n_duration}, "
-                f"duration_range_h={list(duration_range_h)}",
-                "use poly_degree >= 0, n_t0 >= 1, n_duration >= 1 and 0 < duration_range_h[0] <= [1] (hours)",
+                f"duration_range_h={list(duration_range_h)}, duration_factors={list(duration_factors)}",
+                "use poly_degree >= 0, n_t0 >= 1, n_duration >= 1, 0 < duration_range_h[0] <= [1] (hours) "
+                "and 0 < duration_factors[0] <= [1]",
             )
         self.poly_degree, self.ridge = int(poly_degree), float(ridge)
         self.t0_offsets = torch.linspace(-t0_range_h, t0_range_h, n_t0, dtype=torch.float64)
         self.durations = torch.linspace(lo, hi, n_duration, dtype=torch.float64)
+        self.factors = torch.linspace(f_lo, f_hi, n_duration, dtype=torch.float64)
+        names = list(meta_columns or [])
+        self.orbit_columns = [names.index(c) for c in ("P", "sma", "i")] if {"P", "sma", "i"} <= set(names) else None
 
-    def _candidates(self, times_h: Tensor) -> tuple[Tensor, Tensor]:
-        """Grid (t0, D) per planet, each shape (candidates, batch)."""
+    def duration_grid(self, batch: dict[str, Tensor], like: Tensor) -> Tensor:
+        """Durations to search per planet (hours), shape (n_duration, batch)."""
+        fixed = self.durations.to(like)[:, None].expand(-1, like.shape[0])
+        if self.orbit_columns is None or "meta" not in batch:
+            return fixed
+        meta = batch["meta"].to(like)
+        p, a, i = (meta[:, j] for j in self.orbit_columns)
+        expected = expected_duration_h(p, a, i).to(like)
+        scaled = self.factors.to(like)[:, None] * expected[None, :]
+        return torch.where(torch.isfinite(expected)[None, :], scaled, fixed)
+
+    def _candidates(self, times_h: Tensor, durations: Tensor) -> tuple[Tensor, Tensor]:
+        """Grid (t0, D) per planet, each shape (candidates, batch); ``durations`` (n_duration, batch)."""
         middle = (times_h[:, 0] + times_h[:, -1]) / 2
         t0 = middle[None, None, :] + self.t0_offsets.to(times_h)[:, None, None]
-        dur = self.durations.to(times_h)[None, :, None].expand(len(self.t0_offsets), -1, len(middle))
-        t0 = t0.expand(-1, len(self.durations), -1)
+        dur = durations[None, :, :].expand(len(self.t0_offsets), -1, -1)
+        t0 = t0.expand(-1, durations.shape[0], -1)
         return t0.reshape(-1, len(middle)), dur.reshape(-1, len(middle))
 
     def _white_chi2(self, white: Tensor, times_h: Tensor, t0: Tensor, dur: Tensor) -> Tensor:
@@ -207,10 +257,20 @@ class TransitWindowFit(nn.Module):
         return rms[..., 0] / first_difference_noise(white).clamp(min=1e-30)[None]
 
     def search_window(
-        self, fgs1: Tensor, fgs1_time: Tensor, airs_white: Tensor, airs_time: Tensor
+        self, fgs1: Tensor, fgs1_time: Tensor, airs_white: Tensor, airs_time: Tensor, durations: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The (t0, D) in hours, each shape (batch,), that best fit both white-light curves."""
-        t0, dur = self._candidates(fgs1_time)
+        """The (t0, D) in hours, each shape (batch,), that best fit both white-light curves.
+
+        Args:
+            fgs1: FGS1 relative flux, (batch, time).
+            fgs1_time: Its times (hours).
+            airs_white: AIRS white-light relative flux, (batch, time).
+            airs_time: Its times (hours).
+            durations: Durations to search per planet, (n_duration, batch) (default: ``duration_range_h``).
+        """
+        if durations is None:
+            durations = self.durations.to(fgs1_time)[:, None].expand(-1, fgs1_time.shape[0])
+        t0, dur = self._candidates(fgs1_time, durations)
         chi2 = self._white_chi2(fgs1, fgs1_time, t0, dur) + self._white_chi2(airs_white, airs_time, t0, dur)
         best = chi2.argmin(dim=0)
         cols = torch.arange(best.shape[0], device=best.device)
@@ -239,7 +299,7 @@ class TransitWindowFit(nn.Module):
         fgs1, airs = relative_flux(batch["fgs1"]), relative_flux(batch["airs"])
         tf, ta = batch["fgs1_time"].double(), batch["airs_time"].double()
         airs_white = airs.mean(-1)
-        t0, dur = self.search_window(fgs1, tf, airs_white, ta)
+        t0, dur = self.search_window(fgs1, tf, airs_white, ta, self.duration_grid(batch, tf))
         f_depth, f_sigma, f_noise, f_det, f_win = self._fit(fgs1[..., None], tf, t0, dur)
         a_depth, a_sigma, a_noise, a_det, a_win = self._fit(airs, ta, t0, dur)
         w_depth, w_sigma, _, _, _ = self._fit(airs_white[..., None], ta, t0, dur)
