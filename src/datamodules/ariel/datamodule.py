@@ -33,7 +33,7 @@ from src.core.io import STALE_TEMP_S, file_fingerprint, sweep_temp_files
 from src.core.ranks import process_rank
 from src.datamodules.ariel.cache import CalibrationCache
 from src.datamodules.ariel.chain import CalibrationChain, chain_hash
-from src.datamodules.ariel.forward import SimConfig
+from src.datamodules.ariel.forward import SimConfig, check_difficulty
 from src.datamodules.ariel.layout import SPLITS, ArielLayout, get_edition
 from src.datamodules.ariel.parallel import PlanetCalibrator, PlanetJob, check_workers, run_jobs
 from src.datamodules.ariel.settings import instrument_settings
@@ -46,6 +46,7 @@ from src.datamodules.ariel.tables import (
     read_star_info,
     split_planet_ids,
 )
+from src.datamodules.ariel.torch_path import TorchFrontend, split_steps
 from src.datamodules.base import PodiumDataModule
 from src.datamodules.folds import check_fold, load_or_create_folds
 
@@ -138,18 +139,26 @@ class ArielDataModule(PodiumDataModule):
         self.root = Path(root)
         self.layout = ArielLayout(self.root, get_edition(edition))
         calibration = dict(_plain(calibration) or {})
-        unknown = set(calibration) - {"steps", "instruments", "chunk_frames", "workers"}
+        unknown = set(calibration) - {"steps", "instruments", "chunk_frames", "workers", "torch_device"}
         if unknown:
             raise ConfigError(
                 f"data.calibration has unknown key(s) {sorted(unknown)}",
-                "use steps, instruments, chunk_frames, workers",
+                "use steps, instruments, chunk_frames, workers, torch_device",
             )
         # Processes that calibrate planets at once; results do not depend on it (not in the hash).
         self.workers = check_workers(calibration.get("workers", 1))
         self.chain = CalibrationChain.from_config(calibration.get("steps"))
         self.settings = instrument_settings(calibration.get("instruments"))
         self.chunk_frames = calibration.get("chunk_frames")
-        self.chain_hash = chain_hash(self.chain, self.settings, visit=visit, chunk_frames=self.chunk_frames)
+        # The per-read steps in torch on this device (None: numpy); checked now, not at the first planet.
+        self.torch_device = calibration.get("torch_device")
+        torch_path = {}
+        if self.torch_device is not None:
+            TorchFrontend(split_steps(self.chain.steps)[0], str(self.torch_device))
+            torch_path = {"torch_device": str(self.torch_device)}  # float32 rounding differs: own cache
+        self.chain_hash = chain_hash(
+            self.chain, self.settings, visit=visit, chunk_frames=self.chunk_frames, **torch_path
+        )
         self.cache = CalibrationCache(Path(cache_dir) if cache_dir else self.root / "cache", self.chain_hash)
         self.simulate = dict(_plain(simulate) or {})
         self.group_by = None if group_by is None else list(_plain(group_by))
@@ -162,6 +171,15 @@ class ArielDataModule(PodiumDataModule):
     # ---- raw data ------------------------------------------------------------------------------
 
     def _simulate_if_missing(self) -> None:
+        """Write a simulated dataset at ``root`` when it is missing and ``simulate.if_missing`` is set.
+
+        ``data.simulate`` holds ``if_missing``, ``planets``, ``test_planets``, ``seed`` and any
+        ``SimConfig`` field, ``difficulty`` (``easy``, the default, or ``hard``) among them.
+
+        Raises:
+            DataError: ``root`` is missing and simulating is not asked for.
+            ConfigError: An unknown key, or a difficulty other than ``easy`` and ``hard``.
+        """
         if self.root.exists():
             return
         sim = dict(self.simulate)
@@ -177,6 +195,7 @@ class ArielDataModule(PodiumDataModule):
                 f"data.simulate has unknown key(s) {sorted(unknown)}",
                 f"use if_missing, planets, test_planets, seed or {[f.name for f in fields(SimConfig)]}",
             )
+        check_difficulty(sim.get("difficulty", SimConfig.difficulty), "data.simulate.difficulty")
         cfg = replace(SimConfig(), **{"edition": self.layout.edition.name, **sim})
         rank_zero_info(f"simulating {planets}+{test_planets} Ariel planets into {self.root}")
         simulate_dataset(self.root, planets, seed, test_planets, cfg)
@@ -243,6 +262,7 @@ class ArielDataModule(PodiumDataModule):
             self.cache,
             {split: read_adc(self.layout, split) for split in {job.split for job in todo}},
             read_axis_info(self.layout) if todo else None,
+            self.torch_device,
         )
         for job, arrays in run_jobs(todo, calibrator, self.workers, show_progress=process_rank() == 0):
             self._calibrated[(job.split, job.planet_id)] = arrays

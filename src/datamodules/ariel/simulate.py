@@ -1,6 +1,7 @@
 """Write a toy Ariel dataset in the competition layout: ``python -m src.datamodules.ariel.simulate``.
 
     python -m src.datamodules.ariel.simulate --out data/ariel_toy --planets 16 --seed 0
+    python -m src.datamodules.ariel.simulate --out data/ariel_hard --planets 16 --difficulty hard
     python -m src.datamodules.ariel.simulate --out data/ariel_full --planets 4 --scale full
 
 Full frame geometry (FGS1 32x32, AIRS-CH0 32x356 per parquet row), fewer frames (by default 60
@@ -8,12 +9,18 @@ AIRS and 720 FGS1 read pairs per visit over 7.5 h); ``--scale full`` writes the 
 frame counts (11,250 AIRS, 135,000 FGS1 frames per visit), exposed and written in slices of read
 pairs (one parquet row group each, :data:`CHUNK_PIXELS`) so memory holds a slice, not the visit.
 Deterministic per seed; planet ``k`` draws from ``default_rng([seed, k])`` so adding planets does
-not change the first ones.
+not change the first ones. ``--difficulty hard`` (:mod:`~src.datamodules.ariel.forward`) draws
+wider stars, orbits and instruments and adds time-correlated systematics; the default ``easy``
+writes the same signal and calibration files as it always did.
 
 Besides the competition files it writes ``<out>/truth/<split>/<planet_id>_<visit>.npz``, for tests
 only: the noiseless stellar electrons per read difference that calibration should recover
 (``airs_flux`` (pairs, 282) in label order, ``fgs1_flux`` (pairs,)), their times, the injected
-depths and the orbit. Nothing in the datamodule reads ``truth/``.
+depths, the orbit (``t0_h``, ``duration_h``, ``per_d``, ``a_rs``, ``inc_deg``), ``difficulty``
+and, for hard, the shared pointing at each instrument's pair mid-times (``fgs1_pointing``,
+``airs_pointing`` (pairs, 2)), the relative gain (``fgs1_gain``, ``airs_gain``) and the spot
+crossings. The stellar flux includes variability, 1/f noise and spot crossings; the detector's
+gain drift and flat-field error are not in it. Nothing in the datamodule reads ``truth/``.
 """
 
 from __future__ import annotations
@@ -79,13 +86,34 @@ class StarRate:
     mid: np.ndarray
     jitter: np.ndarray
     centre: Any
+    systematics: fw.InstrumentSystematics | None = None
 
     @classmethod
     def draw(
-        cls, rng: np.random.Generator, cfg: SimConfig, instrument: str, system: fw.System, depths: np.ndarray
+        cls,
+        rng: np.random.Generator,
+        cfg: SimConfig,
+        instrument: str,
+        system: fw.System,
+        depths: np.ndarray,
+        hard: fw.HardVisit | None = None,
     ) -> StarRate:
+        """Draw the white pointing jitter and the centre (easy), or take the hard visit's effects.
+
+        Args:
+            rng: The planet's random generator.
+            cfg: Simulator settings (the planet's, for a hard simulation).
+            instrument: ``FGS1`` or ``AIRS-CH0``.
+            system: The star and orbit.
+            depths: The 283 label depths.
+            hard: The hard visit (None: easy).
+        """
         _, mid = _times(cfg, instrument)
         jitter = rng.normal(0.0, cfg.jitter_px, (len(mid), 2))
+        if hard is not None:
+            wl, depth = _instrument_depths(instrument, depths)
+            effects = hard.systematics(instrument, system, mid, wl, depth)
+            return cls(instrument, cfg, system, depths, mid, jitter, effects.centre, effects)
         if instrument == AIRS:
             centre: Any = 15.5 + rng.uniform(-0.3, 0.3)
         else:
@@ -95,6 +123,15 @@ class StarRate:
     def __call__(self, pairs: slice) -> np.ndarray:
         """Rate per pixel (e-/s, before flat), shape (pairs in the slice, rows, cols)."""
         mid, jitter, system, cfg = self.mid[pairs], self.jitter[pairs], self.system, self.cfg
+        effects = self.systematics
+        if effects is not None:
+            wl, depth = _instrument_depths(self.instrument, self.depths)
+            transit = fw.transit_curves(system, mid, depth, wl, u=effects.limb) + effects.bump[pairs]
+            lc = transit * fw.drift_factor(system, mid, cfg.hours, wl) * effects.factor[pairs]
+            jitter = jitter + effects.pointing[pairs]
+            if self.instrument == AIRS:
+                return fw.airs_star_rate(system, cfg, lc, jitter, self.centre)
+            return fw.fgs1_star_rate(system, cfg, lc[:, 0], jitter, self.centre)
         if self.instrument == AIRS:
             wl = fw.airs_wavelengths()
             depth = np.interp(wl, fw.label_wavelengths()[1:], self.depths[1:])
@@ -103,6 +140,25 @@ class StarRate:
         wl = np.array([fw.FGS1_WAVELENGTH_UM])
         lc = fw.transit_curves(system, mid, self.depths[:1], wl) * fw.drift_factor(system, mid, cfg.hours, wl)
         return fw.fgs1_star_rate(system, cfg, lc[:, 0], jitter, self.centre)
+
+    def expose(self, rng: np.random.Generator, star: np.ndarray, det: dict, pairs: slice) -> np.ndarray:
+        """Digitised reads of ``pairs`` from their stellar rate ``star`` (:meth:`__call__`), foreground
+        added, through the detector ``det`` (and, hard, its unknown flat error and gain drift)."""
+        cfg, inst = self.cfg, self.instrument
+        if self.systematics is None:
+            rate = (star + cfg.foreground[inst]) * det["flat"]
+            return fw.expose(rng, rate, det, cfg.integration_s[inst], cfg.adc[inst])
+        rate = (star + cfg.foreground[inst]) * (det["flat"] * (1 + self.systematics.flat_error))
+        gain = self.systematics.gain[pairs]
+        return fw.expose(rng, rate, det, cfg.integration_s[inst], cfg.adc[inst], gain=gain)
+
+
+def _instrument_depths(instrument: str, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The instrument's wavelengths (AIRS-CH0 columns, or FGS1's one) and the depths there."""
+    if instrument == AIRS:
+        wl = fw.airs_wavelengths()
+        return wl, np.interp(wl, fw.label_wavelengths()[1:], depths[1:])
+    return np.array([fw.FGS1_WAVELENGTH_UM]), depths[:1]
 
 
 def _truth_flux(instrument: str, star: np.ndarray, cfg: SimConfig) -> np.ndarray:
@@ -127,9 +183,9 @@ def _write_signal_chunked(
     truth = []
     with pq.ParquetWriter(path, schema, use_dictionary=False, write_statistics=False) as writer:
         for start in range(0, pairs, chunk_pairs):
-            star = star_rate(slice(start, min(pairs, start + chunk_pairs)))
-            raw = fw.expose(rng, (star + cfg.foreground[instrument]) * det["flat"], det,
-                            cfg.integration_s[instrument], cfg.adc[instrument])  # fmt: skip
+            part = slice(start, min(pairs, start + chunk_pairs))
+            star = star_rate(part)
+            raw = star_rate.expose(rng, star, det, part)
             flat = raw.reshape(len(raw), -1)
             writer.write_table(
                 pa.Table.from_arrays([pa.array(flat[:, j]) for j in range(flat.shape[1])], schema=schema)
@@ -148,17 +204,48 @@ def simulate_visit(
     system: fw.System,
     depths: np.ndarray,
     chunk_pixels: int = CHUNK_PIXELS,
+    hard: fw.HardPlanet | None = None,
 ) -> dict[str, np.ndarray]:
     """Write one visit's signal and calibration files; return its noiseless truth arrays.
 
     An instrument whose visit holds more than ``chunk_pixels`` pixels (competition scale) is
     exposed and written in slices of read pairs, in bounded memory; a smaller one (toy scale) in
-    one piece, as it always was.
+    one piece, as it always was. Everything time-correlated (pointing, 1/f noise, variability,
+    spot crossings, gain drift) is drawn for the whole visit before the first frame, so a visit's
+    noiseless flux is the same whether it is written whole or in slices.
+
+    Args:
+        layout: Where the files go.
+        split: ``"train"`` or ``"test"``.
+        planet_id: The planet.
+        visit: The visit index.
+        rng: The planet's random generator.
+        cfg: Simulator settings (shared timing and ADC).
+        system: The star and orbit.
+        depths: The 283 label depths.
+        chunk_pixels: Pixels above which an instrument's visit is written in slices.
+        hard: The planet's hard-simulation draws (None: easy); its instrument settings replace
+            ``cfg``'s for the frames.
+
+    Returns:
+        The truth arrays (see the module docstring).
     """
     truth: dict[str, np.ndarray] = {}
+    drawn: dict[str, tuple[StarRate, dict[str, np.ndarray]]] = {}
+    if hard is not None:
+        # Every draw but the photon and read noise comes before the first frame, so both
+        # instruments' noiseless flux is the same whether the visit is written whole or in slices.
+        visit_effects = fw.draw_hard_visit(rng, hard, system, float(np.sqrt(depths.mean())), cfg)
+        cfg = hard.cfg
+        truth["spots"] = np.array(
+            [[s.time_h, s.width_h, s.coverage, s.temp_k] for s in visit_effects.spots], dtype=np.float64
+        ).reshape(-1, 4)
+        for inst in INSTRUMENTS:
+            drawn[inst] = StarRate.draw(rng, cfg, inst, system, depths, visit_effects), fw.draw_detector(rng, cfg, inst)
     for inst in INSTRUMENTS:
-        star_rate = StarRate.draw(rng, cfg, inst, system, depths)
-        det = fw.draw_detector(rng, cfg, inst)
+        if inst not in drawn:  # easy: drawn between the instruments' exposures, as it always was
+            drawn[inst] = StarRate.draw(rng, cfg, inst, system, depths), fw.draw_detector(rng, cfg, inst)
+        star_rate, det = drawn[inst]
         signal = layout.signal(split, planet_id, inst, visit)
         frame = int(np.prod(fw.FRAME_SHAPES[inst]))
         pairs = len(star_rate.mid)
@@ -168,10 +255,12 @@ def simulate_visit(
             truth[f"{key}_flux"] = _write_signal_chunked(signal, rng, cfg, inst, star_rate, det, chunk)
         else:
             star = star_rate(slice(None))
-            rate = (star + cfg.foreground[inst]) * det["flat"]
-            raw = fw.expose(rng, rate, det, cfg.integration_s[inst], cfg.adc[inst])
+            raw = star_rate.expose(rng, star, det, slice(None))
             write_matrix(signal, raw.reshape(len(raw), -1), fast=True)
             truth[f"{key}_flux"] = _truth_flux(inst, star, cfg)
+        if star_rate.systematics is not None:
+            truth[f"{key}_pointing"] = star_rate.systematics.pointing
+            truth[f"{key}_gain"] = star_rate.systematics.gain
         for name in ("dark", "dead", "flat", "read"):
             write_matrix(layout.calibration(split, planet_id, inst, name, visit), det[name])
         lin = det["linear_corr"].reshape(-1, det["linear_corr"].shape[-1])
@@ -183,12 +272,28 @@ def simulate_visit(
 def simulate_planet(
     layout: ArielLayout, split: str, planet_id: int, rng: np.random.Generator, cfg: SimConfig
 ) -> tuple[fw.System, np.ndarray]:
-    """Draw one planet, write all its visits and truth files; return its system and depths."""
+    """Draw one planet, write all its visits and truth files; return its system and depths.
+
+    Easy: the spectrum, then the orbit (:func:`~src.datamodules.ariel.forward.draw_system`), then
+    each visit, always in that order. Hard: a wider spectrum, an orbit of
+    :func:`~src.datamodules.ariel.forward.draw_system_hard`, the planet's instrument settings and
+    effect amplitudes, then each visit with its own realisation of the effects.
+    """
     wl = fw.label_wavelengths()
-    depths = fw.draw_spectrum(rng, wl)
-    system = fw.draw_system(rng, cfg.hours, float(np.sqrt(depths.mean())))
+    hard = None
+    if fw.check_difficulty(cfg.difficulty) == "hard":
+        depths = fw.draw_spectrum(rng, wl, base=(1e-3, 3e-2), feature_ppm=(5.0, 400.0))
+        k = float(np.sqrt(depths.mean()))
+        system = fw.draw_system_hard(rng, cfg.hours, k)
+        hard = fw.draw_hard_planet(rng, cfg, system)
+        u_fgs1 = hard.limb(wl[:1])[0]
+    else:
+        depths = fw.draw_spectrum(rng, wl)
+        k = float(np.sqrt(depths.mean()))
+        system = fw.draw_system(rng, cfg.hours, k)
+        u_fgs1 = fw.limb_darkening(wl[:1])[0]
     for visit in range(cfg.visits):
-        truth = simulate_visit(layout, split, planet_id, visit, rng, cfg, system, depths)
+        truth = simulate_visit(layout, split, planet_id, visit, rng, cfg, system, depths, hard=hard)
         path = layout.root / "truth" / split / f"{planet_id}_{visit}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
@@ -196,10 +301,12 @@ def simulate_planet(
             depths=depths,
             wavelengths=wl,
             t0_h=system.t0_h,
+            duration_h=system.duration_h(k),
             per_d=system.P,
             a_rs=system.a_rs,
             inc_deg=system.i,
-            u_fgs1=fw.limb_darkening(wl[:1])[0],
+            u_fgs1=u_fgs1,
+            difficulty=cfg.difficulty,
             **truth,
         )
     return system, depths
@@ -265,15 +372,24 @@ def simulate_dataset(
         planets: Training planets (with labels).
         seed: Random seed; the same seed writes the same data.
         test_planets: Test planets (no labels).
-        cfg: Simulator settings (defaults: toy scale).
+        cfg: Simulator settings (defaults: toy scale, easy).
 
     Returns:
         The dataset folder.
+
+    Raises:
+        ConfigError: Planet counts below 1 (train) or 0 (test), ``out`` already exists, an unknown
+            difficulty, or a hard simulation of fewer than ``HARD_MIN_HOURS`` hours.
     """
     cfg = cfg or SimConfig()
     out = Path(out)
     if planets < 1 or test_planets < 0:
         raise ConfigError(f"planets={planets}, test_planets={test_planets}", "use planets >= 1, test_planets >= 0")
+    if fw.check_difficulty(cfg.difficulty) == "hard" and cfg.hours < fw.HARD_MIN_HOURS:
+        raise ConfigError(
+            f"hours={cfg.hours} is too short for the hard simulation (transits of {fw.HARD_DURATION_H} h)",
+            f"simulate at least {fw.HARD_MIN_HOURS} h",
+        )
     if out.exists():
         raise ConfigError(f"simulator output folder {out} already exists", "delete it or pick another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +438,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hours", type=float, default=SimConfig.hours)
     p.add_argument("--visits", type=int, default=SimConfig.visits)
     p.add_argument("--edition", choices=["2025", "2024"], default=SimConfig.edition)
+    p.add_argument(
+        "--difficulty",
+        choices=list(fw.DIFFICULTIES),
+        default=SimConfig.difficulty,
+        help="hard: transits of unknown time and 1.2-6.5 h duration, shared FGS1/AIRS pointing jitter, 1/f "
+        "noise, spot crossings, chromatic limb darkening and variability, per-planet instrument settings",
+    )
     args = p.parse_args(argv)
     pairs = FULL_SCALE if args.scale == "full" else {"airs_pairs": args.airs_pairs, "fgs1_pairs": args.fgs1_pairs}
     cfg = replace(
@@ -330,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         hours=args.hours,
         visits=args.visits,
         edition=args.edition,
+        difficulty=args.difficulty,
     )
     start = time.perf_counter()
     simulate_dataset(args.out, args.planets, args.seed, args.test_planets, cfg)

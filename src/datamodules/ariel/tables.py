@@ -17,6 +17,20 @@ from src.core.errors import DataError
 from src.datamodules.ariel.layout import AIRS, FGS1, INSTRUMENTS, N_WAVELENGTHS, ArielLayout
 
 STAR_COLUMNS: tuple[str, ...] = ("Rs", "Ms", "Ts", "Mp", "e", "P", "sma", "i")
+#: Plausible range of each star-table column in the competition's units: (low, high, low allowed,
+#: high allowed, unit). Loose by design: a value outside is a wrong unit or a broken row, not a star.
+STAR_RANGES: dict[str, tuple[float, float, bool, bool, str]] = {
+    "Rs": (0.0, 1e3, False, False, "solar radii"),
+    "Ms": (0.0, 1e3, False, False, "solar masses"),
+    "Ts": (2000.0, 50000.0, True, True, "K"),
+    "Mp": (0.0, 1e5, True, False, "Earth masses"),
+    "e": (0.0, 1.0, True, False, "none, an eccentricity"),
+    "P": (0.05, 1e4, True, True, "days"),
+    "sma": (1.5, 1e4, False, False, "stellar radii (a/Rs)"),
+    "i": (0.0, 180.0, True, True, "degrees"),
+}
+#: Solar radii per astronomical unit (sma in stellar radii = sma in AU * RSUN_PER_AU / Rs).
+RSUN_PER_AU = 215.03
 WL_COLUMNS: tuple[str, ...] = tuple(f"wl_{k}" for k in range(1, N_WAVELENGTHS + 1))
 
 
@@ -77,11 +91,56 @@ def read_labels(layout: ArielLayout) -> pd.DataFrame:
     return df
 
 
+def _range_text(column: str) -> str:
+    lo, hi, lo_in, hi_in, unit = STAR_RANGES[column]
+    return f"{lo:g} {'<=' if lo_in else '<'} {column} {'<=' if hi_in else '<'} {hi:g} ({unit})"
+
+
+def _check_star_values(df: pd.DataFrame, path: Path) -> None:
+    """Raise a DataError naming the file, the first planet, column and value outside :data:`STAR_RANGES`."""
+    for column in STAR_COLUMNS:
+        values = pd.to_numeric(df[column], errors="coerce").to_numpy(np.float64)
+        lo, hi, lo_in, hi_in, unit = STAR_RANGES[column]
+        with np.errstate(invalid="ignore"):
+            inside = (values >= lo if lo_in else values > lo) & (values <= hi if hi_in else values < hi)
+        bad = np.flatnonzero(~inside)  # NaN, inf and text fail both comparisons
+        if not len(bad):
+            continue
+        row = int(bad[0])
+        pid, raw = df["planet_id"].iloc[row], df[column].iloc[row]
+        shown = repr(float(raw)) if isinstance(raw, (int, float, np.number)) else repr(raw)
+        where = f"{path}: planet {pid} (line {row + 2}) has {column}={shown}"
+        count = f"{len(bad)} row(s) of {len(df)} are outside it"
+        if not np.isfinite(values[row]):
+            raise DataError(
+                f"{where}, not a finite number; {count}",
+                f"give every planet a number for {column} in {path.name} (unit: {unit})",
+            )
+        if column == "sma" and 0 < values[row] <= lo:
+            rs = pd.to_numeric(df["Rs"], errors="coerce").to_numpy(np.float64)[row]
+            example = f" (here {values[row]:g} * {RSUN_PER_AU} / {rs:g} = {values[row] * RSUN_PER_AU / rs:.4g})"
+            raise DataError(
+                f"{where}: a semi-major axis of at most {lo:g} stellar radii puts the planet inside its star; "
+                f"it looks like AU, not stellar radii; {count}",
+                f"write sma in stellar radii: sma_rs = sma_au * {RSUN_PER_AU} / Rs{example if rs > 0 else ''}",
+            )
+        raise DataError(
+            f"{where}, outside the plausible range {_range_text(column)}; {count}",
+            f"check the unit of {column} in {path.name} (the competition's: {unit}) and that row's values",
+        )
+
+
 def read_star_info(layout: ArielLayout, split: str) -> pd.DataFrame | None:
     """Stellar and orbital parameters, indexed by planet_id; None where the edition has none.
 
-    Columns (units as in the competition): Rs (solar radii), Ms (solar masses), Ts (K),
-    Mp (planet mass), e, P (days), sma (semi-major axis), i (degrees).
+    Columns, in the units of the competition's data description: Rs (solar radii), Ms (solar
+    masses), Ts (K), Mp (Earth masses), e, P (days), sma (semi-major axis in stellar radii, a/Rs),
+    i (degrees). Every value must be finite and within the loose ranges of :data:`STAR_RANGES`
+    (orders of magnitude: a semi-major axis in AU, such as 0.04, is refused).
+
+    Raises:
+        DataError: The file is missing or unreadable, lacks a column, repeats a planet, or holds a
+            value outside its range (naming the file, planet, column and value).
     """
     path = layout.star_info(split)
     if not path.is_file() and not layout.edition.has_star_info:
@@ -89,6 +148,7 @@ def read_star_info(layout: ArielLayout, split: str) -> pd.DataFrame | None:
     df = read_csv(path, "star info")
     _require_columns(df, path, ("planet_id", *STAR_COLUMNS))
     _require_unique_ids(df, path)
+    _check_star_values(df, path)
     return df.set_index(df["planet_id"].astype(np.int64)).drop(columns="planet_id")
 
 
