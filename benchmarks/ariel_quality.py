@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +100,21 @@ FIGURES = {
     "cov68": ("test coverage@68", "", 3),
     "cov95": ("test coverage@95", "", 3),
     "val_cal_score2024": ("val/cal/score2024 (cross-fitted)", "", 3),
+    "val_cov68": ("val coverage@68 before temperature scaling", "", 3),
+    "val_cal_z_mean": ("val z mean after temperature scaling (cross-fitted)", "", 3),
     "wall_s": ("wall time", "s", 0),
 }
+#: The ablation table of the learned parts: row label -> model.
+LEARNED_PARTS = {"prior": "prior", "+ Mamba": "v50_no_gnn", "+ GNN": "v50_no_mamba", "both (V50)": "v50"}
 #: The tests' tiny frames (--tiny): 24 AIRS and 96 FGS1 read pairs, 24 time bins each.
 TINY_SIM = {"airs_pairs": 24, "fgs1_pairs": 96}
 TINY_DATA = ["data.calibration.instruments.FGS1.bin_size=4", "data.calibration.instruments.AIRS-CH0.bin_size=1"]
 MARGIN_TARGET = 0.05
 COV68_RANGE = (0.63, 0.73)
+#: Hard simulation: V50 over its prior on the 2025 score; sigma before and after temperature scaling.
+LEARNED_TARGET_2025 = 0.03
+RAW_COV68_MIN = 0.45
+Z_MEAN_RANGE = (-0.2, 0.2)
 
 
 def compose_cfg(overrides: list[str], root: Path):
@@ -169,7 +178,7 @@ class Repeat:
     def prepare(self) -> float:
         """Simulate and calibrate the dataset (once, before any model is timed); returns seconds."""
         start = time.perf_counter()
-        cfg = SimConfig(**TINY_SIM) if self.args.tiny else SimConfig()
+        cfg = replace(SimConfig(**TINY_SIM) if self.args.tiny else SimConfig(), difficulty=self.args.difficulty)
         simulate_dataset(self.data, self.args.train + self.args.val, self.seed, self.args.test, cfg)
         instantiate(compose_cfg(self.overrides("polyfit"), self.root).data).prepare_data()
         return time.perf_counter() - start
@@ -184,7 +193,9 @@ class Repeat:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         naive = naive_stats(self.data, self.n_folds)
         scores = test_scores(pd.read_csv(run_dir / "submission.csv"), truth_table(self.data, "test"), naive)
-        return {**scores, "val_cal_score2024": float(metrics["val/cal/score2024"]), "wall_s": wall}
+        return {**scores, "val_cal_score2024": float(metrics["val/cal/score2024"]),
+                "val_cov68": float(metrics["val/cov68"]), "val_cal_z_mean": float(metrics["val/cal/z_mean"]),
+                "wall_s": wall}  # fmt: skip
 
 
 def best_baseline(row: dict[str, dict[str, float]]) -> str | None:
@@ -245,6 +256,27 @@ def record_differences(rec: Recorder, results: list[dict[str, dict[str, float]]]
                  f"{fig['mean']:+.4f} ± {fig['std']:.4f} — {verdict(fig)}.")  # fmt: skip
 
 
+def record_learned_parts(rec: Recorder, results: list[dict[str, dict[str, float]]]) -> None:
+    """The ablation table (prior / + Mamba / + GNN / both) on the 2025 score, and the hard-simulation targets."""
+    if not all(m in r for r in results for m in LEARNED_PARTS.values()):
+        return
+    rows = []
+    for label, model in LEARNED_PARTS.items():
+        over = [r[model]["score2025"] - r["prior"]["score2025"] for r in results]
+        rows.append([label, mean_std([r[model]["score2025"] for r in results], 3), mean_std(over, 3),
+                     mean_std([r[model]["val_cov68"] for r in results], 3),
+                     mean_std([r[model]["val_cal_z_mean"] for r in results], 3)])  # fmt: skip
+        if model != "prior":
+            rec.figure(f"{model}_minus_prior_2025", over, label=f"{label} − prior (test score2025, paired)", digits=4)
+    rec.table(f"Learned parts over the prior, mean ± std over {len(results)} repeats",
+              ["model", "test score2025", "− prior (paired)", "val coverage@68 before TS", "val z mean after TS"],
+              rows)  # fmt: skip
+    rec.target("v50_minus_prior_2025", ">=", LEARNED_TARGET_2025,
+               text="the learned parts earn their place: V50 − its prior alone, test score2025, paired")  # fmt: skip
+    rec.target("v50.val_cov68", ">=", RAW_COV68_MIN, text="sigma within a factor 1.5 before temperature scaling")
+    rec.target("v50.val_cal_z_mean", "in", Z_MEAN_RANGE, text="mu unbiased after temperature scaling")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=3, help="repeats (dataset and training seed vary together)")
@@ -254,14 +286,23 @@ def main() -> None:
     p.add_argument("--test", type=int, default=32, help="test planets")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the trained models (default: experiments')")
     p.add_argument("--tiny", action="store_true", help="the tests' tiny frames (smoke runs)")
-    p.add_argument("--only", default=",".join(MODELS), help=f"comma-separated models of {list(MODELS)}")
+    p.add_argument("--difficulty", choices=["easy", "hard"], default="easy",
+                   help="simulation (hard: results in ariel_quality_hard.json, learned-parts targets)")  # fmt: skip
+    p.add_argument("--only", default=None, help=f"comma-separated models of {list(MODELS)} (default: all; hard: "
+                   f"{','.join(LEARNED_PARTS.values())})")  # fmt: skip
     p.add_argument("--set", action="append", default=[], help="extra override for every run (repeatable)")
     args = p.parse_args()
-    models = [m for m in args.only.split(",") if m]
+    hard = args.difficulty == "hard"
+    only = args.only or ",".join(LEARNED_PARTS.values() if hard else MODELS)
+    models = [m for m in only.split(",") if m]
     unknown = set(models) - set(MODELS)
     if unknown or args.seeds < 1 or args.val < 1 or args.train < args.val:
         p.error(f"unknown models {sorted(unknown)}" if unknown else "use --seeds >= 1 and --train >= --val >= 1")
-    rec = Recorder("ariel_quality", "Ariel quality: V50, its ablations and the baselines")
+    if hard:
+        rec = Recorder("ariel_quality_hard", "Ariel quality on the hard simulation: what the learned parts add",
+                       command="OMP_NUM_THREADS=1 python benchmarks/ariel_quality.py --difficulty hard")  # fmt: skip
+    else:
+        rec = Recorder("ariel_quality", "Ariel quality: V50, its ablations and the baselines")
     seeds = [args.first_seed + k for k in range(args.seeds)]
     tmp = tempfile.TemporaryDirectory(prefix="ariel_quality_")
     results = []
@@ -275,9 +316,13 @@ def main() -> None:
         results.append(row)
         shutil.rmtree(repeat.data)  # about 1.6 GB of raw frames per repeat at the default size
     record_models(rec, results, models)
-    record_differences(rec, results, seeds)
+    if hard:
+        record_learned_parts(rec, results)
+    else:
+        record_differences(rec, results, seeds)
     size = f"{args.train} train / {args.val} val (fold 0 of {(args.train + args.val) // args.val}) / {args.test} test"
-    rec.write(summary=f"Simulated planets per repeat: {size}{' (tiny frames)' if args.tiny else ''}; "
+    rec.write(summary=f"Simulated planets per repeat ({args.difficulty} simulation): {size}"
+                      f"{' (tiny frames)' if args.tiny else ''}; "
                       f"{len(seeds)} repeats, seeds {seeds} (dataset and training seed). Test scores from each "
                       "run's submission.csv (calibrated sigma) against the simulator's true depths; "
                       "val/cal/score2024 is cross-fitted (out-of-sample).")  # fmt: skip
