@@ -68,6 +68,8 @@ def render_one(res: dict[str, Any]) -> list[str]:
     env, figs = res["env"], res["figures"]
     lines = [f"### {res['title']}", "", f"`{res['command']}`", ""]
     machine = f"{env.get('cpu_count')}× {env.get('cpu_model')}"
+    if env.get("gpu"):  # benchmarks that ran on a GPU (gpu_check.py) name it
+        machine += f", GPU {env['gpu']}"
     load = ""
     if env.get("load_before") is not None:
         load = f", load average {env['load_before']} before / {env.get('load_after')} after"

@@ -16,6 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import src.core  # noqa: F401  (resolvers)
+
+# A developer's shared tracking server must not receive the suite's runs (which read <root>/mlruns);
+# the tracking-server tests point their runs at their own server explicitly.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 from src.core.resolvers import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "configs")

@@ -52,7 +52,7 @@ from src.core.errors import ConfigError, DataError
 from src.core.evaluating import evaluation_counters, import_scorer, score_usable, write_evaluation
 from src.core.io import atomic_path, write_json_atomic
 from src.core.lifecycle import RunLifecycle, build_components
-from src.core.mlflow_client import RunSpec
+from src.core.mlflow_client import RunSpec, configured_tracking_uri
 from src.core.predicting import predict
 from src.core.rundir import PREDICTIONS_DIR, RunDir, RunState
 from src.core.training import train
@@ -118,7 +118,15 @@ def _mlflow_spec(cfg: DictConfig) -> RunSpec | None:
     """The parent's MLflow run: tagged ``podium.cv=parent``, its folds' folders not uploaded."""
     if not _uses_mlflow(cfg):
         return None
-    return RunSpec(cfg.paths.mlflow_dir, cfg.experiment_name, cfg.run_name, {"podium.cv": "parent"}, ("fold_*",))
+    return RunSpec(
+        cfg.paths.mlflow_dir,
+        cfg.experiment_name,
+        cfg.run_name,
+        {"podium.cv": "parent"},
+        ("fold_*",),
+        configured_tracking_uri(cfg),
+        float(cfg.logger.mlflow.get("retry_s", 30.0)),
+    )
 
 
 def _uses_mlflow(cfg: DictConfig) -> bool:

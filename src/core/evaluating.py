@@ -44,7 +44,7 @@ from src.core.artifacts import (
 )
 from src.core.errors import ConfigError, DataError
 from src.core.io import sha256_file, staged_folder
-from src.core.mlflow_client import log_metrics
+from src.core.mlflow_client import log_metrics, recorded_client
 
 #: Folder (inside the predictions folder) that evaluate.py writes.
 EVAL_DIR = "eval"
@@ -234,10 +234,9 @@ def log_to_mlflow(resolved: Mapping[str, Any] | None, prefix: str, metrics: Mapp
         return "mlflow_none"
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return "mlflow_store_missing"
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(uri)
+    client = recorded_client(uri)
     try:
         client.get_run(run_id)
     except (MlflowException, OSError):
@@ -251,10 +250,8 @@ def upload_artifact(resolved: Mapping[str, Any], folder: Path) -> None:
     ``predictions/<folder name>/``, so that a machine without the run directory (a team's
     tracking server) finds the evidence ``leaderboard.py`` ranks. Per-sample outputs kept in
     sub-folders (restored frames) stay local."""
-    import mlflow
-
     info = resolved["mlflow"]
-    client = mlflow.MlflowClient(info["tracking_uri"])
+    client = recorded_client(info["tracking_uri"])
     base = f"{PREDICTIONS_ARTIFACTS}/{folder.name}"
     for sub, target in ((folder, base), (folder / EVAL_DIR, f"{base}/{EVAL_DIR}")):
         for path in sorted(sub.iterdir()):

@@ -269,12 +269,17 @@ def build_components(cfg: DictConfig) -> Components:
 # ---- the run directory's life -------------------------------------------------------------------
 
 
+#: The manifest's record of the MLflow store a run directory logs into (redacted URI).
+MANIFEST_STORE_KEY = "mlflow_tracking_uri"
+
+
 class MlflowSource(Protocol):
     """What opens a run directory's MLflow run: ``src.core.mlflow_client.RunSpec`` (jobs without
     a Lightning logger) or ``src.core.mlflow_store.PodiumMLFlowLogger`` (training)."""
 
-    def open(self, run_dir: Path, recorded_id: str | None) -> MlflowRun:
-        """Bind to ``recorded_id`` (a resumed run) or create the run directory's run."""
+    def open(self, run_dir: Path, recorded_id: str | None, recorded_store: str | None = None) -> MlflowRun:
+        """Bind to ``recorded_id`` (a resumed run) or create the run directory's run; a run the
+        manifest records in another store (``recorded_store``) is refused."""
         ...
 
 
@@ -317,6 +322,7 @@ class RunLifecycle:
         self.refuse_other_config(finished)
         if not finished:
             return None
+        self._send_pending()
         metrics = self.run.metrics()
         say(
             f"podium: {self.job} {self.name} is already finished.\n  results: {self.run.path}\n"
@@ -324,6 +330,18 @@ class RunLifecycle:
             f"  rerun with force=true to {self.redo}, or pass a new run_name=..."
         )
         return metrics
+
+    def _send_pending(self) -> None:
+        """A finished run whose last MLflow records could not be sent (the store was away when it
+        finished): send them now, to the store this command uses (``logger.mlflow.tracking_uri``,
+        ``$MLFLOW_TRACKING_URI`` or the embedded one)."""
+        from src.core.mlflow_client import PendingLog, configured_tracking_uri, deliver_pending
+
+        if process_rank() != 0 or not PendingLog(self.run.path).path.is_file():
+            return
+        store_dir = OmegaConf.select(self.cfg, "paths.mlflow_dir", default=None)
+        if store_dir is not None:
+            deliver_pending(self.run.path, store_dir, configured_tracking_uri(self.cfg))
 
     def refuse_other_config(self, finished: bool) -> None:
         """Raise a RunStateError if the manifest records another config hash than this command's."""
@@ -366,8 +384,10 @@ class RunLifecycle:
         ``force=true`` forgets the previous run here first. Then: leftover temporaries of killed
         writes go, an earlier attempt's checkpoints are set aside on a fresh start
         (:meth:`RunDir.set_aside_checkpoints`), the MLflow run is opened (the one the manifest
-        records, else a new one), ``config.yaml`` and ``manifest.json`` are written (on resume,
-        the manifest gains a ``resumes`` entry) and the params logged.
+        records, which must be in the store it records, else a new one; what an earlier process
+        could not send to it is sent first), ``config.yaml`` and ``manifest.json`` (with the
+        store's redacted URI) are written (on resume, the manifest gains a ``resumes`` entry) and
+        the params logged.
 
         Args:
             fingerprint: The data's fingerprint, recorded in the manifest.
@@ -387,13 +407,18 @@ class RunLifecycle:
         # start of the same config): its history continues, each (metric, step) logged once.
         # force=true has removed the manifest above, so it gets a new run.
         recorded = self.run.manifest()
-        self.mlflow = mlflow.open(self.run.path, recorded.get("mlflow_run_id")) if mlflow is not None else None
+        self.mlflow = (
+            mlflow.open(self.run.path, recorded.get("mlflow_run_id"), recorded.get(MANIFEST_STORE_KEY))
+            if mlflow is not None
+            else None
+        )
         run_id = self.mlflow.run_id if self.mlflow is not None else None
+        store = {MANIFEST_STORE_KEY: self.mlflow.store} if self.mlflow is not None else {}
         write_text_atomic(self.run.config_file, OmegaConf.to_yaml(self.cfg, resolve=True))
         if recorded and resume is not None:
-            manifest = self._resumed(recorded, resume, run_id)
+            manifest = {**store, **self._resumed(recorded, resume, run_id)}
         else:
-            manifest = {**build_manifest(self.cfg, sys.argv, fingerprint, run_id), **(extra or {})}
+            manifest = {**build_manifest(self.cfg, sys.argv, fingerprint, run_id), **store, **(extra or {})}
         self.run.write_manifest(manifest)
         if self.mlflow is not None:
             self.mlflow.log_new_params(OmegaConf.to_container(self.cfg, resolve=True))
@@ -430,8 +455,13 @@ class RunLifecycle:
     def reopen(self, mlflow: MlflowSource | None) -> None:
         """Bind to the MLflow run the manifest records: a run another job started (CV folds run as
         separate jobs share their parent)."""
-        recorded = self.run.manifest().get("mlflow_run_id")
-        self.mlflow = mlflow.open(self.run.path, recorded) if mlflow is not None and recorded else None
+        manifest = self.run.manifest()
+        recorded = manifest.get("mlflow_run_id")
+        self.mlflow = (
+            mlflow.open(self.run.path, recorded, manifest.get(MANIFEST_STORE_KEY))
+            if mlflow is not None and recorded
+            else None
+        )
 
     def finish(
         self, metrics: dict[str, Any], extra: dict[str, Any] | None = None, mlflow_metrics: dict[str, Any] | None = None
@@ -454,6 +484,12 @@ class RunLifecycle:
             self.mlflow.upload(self.run.path)
             self.mlflow.terminate("FINISHED")
         say(f"podium: {self.job} finished: {self.run.path}\n  metrics: {self.run.metrics_file}\n    {scalars(metrics)}")
+        kept = self.mlflow.kept if self.mlflow is not None else 0
+        if kept:
+            say(
+                f"podium: warning: the MLflow store {self.mlflow.store} did not answer; {kept} record(s) of run "
+                f"{self.mlflow.run_id} are kept in {self.mlflow.pending.path} and sent when this command runs again"
+            )
 
     def abandon(self) -> None:
         """Undo :meth:`start` after a failure before the job recorded anything: ``config.yaml``

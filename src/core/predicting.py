@@ -41,7 +41,7 @@ from src.core.contracts import PredictCalibrator, check_compatibility
 from src.core.errors import ConfigError, RunStateError
 from src.core.io import sha256_file, staged_folder
 from src.core.lifecycle import build
-from src.core.mlflow_client import flatten, tracking_uri
+from src.core.mlflow_client import configured_tracking_uri, flatten, redact, resolve_tracking_uri
 from src.core.ranks import process_rank
 from src.core.rundir import PREDICTIONS_DIR, RunDir
 
@@ -257,8 +257,14 @@ def prediction_folder(run: RunDir, split: str, fingerprint: str | None) -> Path:
 
 
 def _mlflow_run(cfg: DictConfig, run: RunDir) -> dict[str, str] | None:
-    run_id = run.manifest().get("mlflow_run_id")
-    return {"tracking_uri": tracking_uri(cfg.paths.mlflow_dir), "run_id": run_id} if run_id else None
+    """The run's MLflow run: its id and the store its manifest records (else this command's), redacted."""
+    manifest = run.manifest()
+    if not manifest.get("mlflow_run_id"):
+        return None
+    store = manifest.get("mlflow_tracking_uri") or redact(
+        resolve_tracking_uri(cfg.paths.mlflow_dir, configured_tracking_uri(cfg))
+    )
+    return {"tracking_uri": store, "run_id": manifest["mlflow_run_id"]}
 
 
 def _checkpoint_info(cfg: DictConfig, run: RunDir, path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:

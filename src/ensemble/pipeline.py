@@ -45,7 +45,7 @@ from src.core.errors import ConfigError, DataError
 from src.core.evaluating import evaluation_counters, import_scorer, score_usable, write_evaluation
 from src.core.io import atomic_path, file_fingerprint, write_text_atomic
 from src.core.lifecycle import RunLifecycle, build
-from src.core.mlflow_client import RunSpec
+from src.core.mlflow_client import RunSpec, configured_tracking_uri
 from src.core.rundir import RunDir
 from src.ensemble.audit import risk_audit
 from src.ensemble.blends import Blend, SelectMember, log_probs, nested_oof_predict
@@ -503,7 +503,9 @@ def _mlflow_spec(cfg: DictConfig) -> RunSpec | None:
     if not cfg.get("log_mlflow", True):
         return None
     tags = {SOURCE_EXPERIMENT_TAG: members_experiment(member_paths(cfg))}
-    return RunSpec(cfg.paths.mlflow_dir, cfg.experiment_name, cfg.run_name, tags)
+    return RunSpec(
+        cfg.paths.mlflow_dir, cfg.experiment_name, cfg.run_name, tags, tracking_uri=configured_tracking_uri(cfg)
+    )
 
 
 def members_experiment(paths: list[Path]) -> str:

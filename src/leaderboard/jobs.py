@@ -19,7 +19,16 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from src.core.errors import ConfigError, DataError, PodiumError
-from src.core.mlflow_client import experiment_id, log_metrics, tracking_uri
+from src.core.mlflow_client import (
+    bound_http_retries,
+    configured_tracking_uri,
+    experiment_id,
+    is_server,
+    log_metrics,
+    redact,
+    resolve_tracking_uri,
+    tracking_uri,
+)
 from src.leaderboard import registry
 from src.leaderboard.board import Board, build_board, load_settings, write_outputs
 from src.leaderboard.html import render
@@ -33,14 +42,20 @@ class GateFailure(PodiumError):
 
 
 def store_uri(cfg: DictConfig) -> str:
-    """The tracking URI: ``tracking_uri`` when set, else the embedded store, which must exist.
+    """The tracking URI (:func:`src.core.mlflow_client.resolve_tracking_uri`): ``tracking_uri`` or
+    ``logger.mlflow.tracking_uri`` when set, else ``$MLFLOW_TRACKING_URI``, else the embedded store,
+    which must exist.
 
     Raises:
+        ConfigError: A URI of an unknown kind.
         DataError: The embedded store has no database yet.
     """
-    if cfg.get("tracking_uri"):
-        return str(cfg.tracking_uri)
     store = Path(str(cfg.paths.mlflow_dir))
+    uri = resolve_tracking_uri(store, configured_tracking_uri(cfg))
+    if is_server(uri):
+        bound_http_retries()
+    if uri != tracking_uri(store):
+        return uri
     if not (store / "mlflow.db").is_file():
         raise DataError(
             f"there is no MLflow store at {store} (no mlflow.db): no run has been logged there yet",
@@ -62,8 +77,8 @@ def open_client(cfg: DictConfig) -> tuple[Any, str]:
         client = mlflow.MlflowClient(uri, registry_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as exc:  # SQLAlchemy, sqlite3, HTTP and OS errors of a damaged or absent store
-        raise store_error(uri, exc) from exc
-    return client, uri
+        raise store_error(redact(uri), exc) from exc
+    return client, redact(uri)
 
 
 def make_board(cfg: DictConfig) -> tuple[Board, Any, str]:

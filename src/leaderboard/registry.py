@@ -8,6 +8,14 @@ so ``promote.py rollback`` moves ``champion`` back to the one before (``previous
 before that). Every change happens under an exclusive lock on the model (a second promotion of
 the same model at the same time is refused and says so), after checking that the champion is
 still the one the gates compared against.
+
+The lock is a file beside the embedded store (``paths.mlflow_dir``): it holds off promotions on
+one machine. Promotions from several machines through a tracking server do not share it, and
+MLflow's registry has no compare-and-set, so the champion is also checked optimistically: read
+again just before the aliases move (after the model's upload and its new version, the slow part),
+and read back after they moved. A promotion that finds the champion changed, or its alias
+overwritten, stops with a RunStateError saying what the registry holds; the window left is the
+few milliseconds between the last read and the alias write.
 """
 
 from __future__ import annotations
@@ -133,8 +141,14 @@ def set_champion(client: Any, model: str, version: str, before: list[str]) -> No
     client.set_registered_model_alias(model, CHAMPION, version)
 
 
-def check_unchanged(client: Any, model: str, expected: str | None) -> None:
+def check_unchanged(client: Any, model: str, expected: str | None, done: str = "nothing was changed") -> None:
     """Refuse when the champion moved since the gates compared against it.
+
+    Args:
+        client: An ``MlflowClient``.
+        model: The registered model.
+        expected: The champion's run id the gates compared against (None: there was none).
+        done: What the message says was changed so far.
 
     Raises:
         RunStateError: Naming the champion the gates saw and the one there is now.
@@ -143,8 +157,24 @@ def check_unchanged(client: Any, model: str, expected: str | None) -> None:
     if now != expected:
         raise RunStateError(
             f"the champion of model {model!r} changed while the gates were applied (it was run {expected}, "
-            f"it is now run {now}): another promotion won; nothing was changed",
+            f"it is now run {now}): another promotion won; {done}",
             "run promote again: its margin gate then compares against the new champion",
+        )
+
+
+def confirm_champion(client: Any, model: str, version: str) -> None:
+    """Read the ``champion`` alias back after moving it: a promotion from another machine (which
+    the file lock does not hold off) may have moved it at the same time.
+
+    Raises:
+        RunStateError: The alias points at another version.
+    """
+    now = champion_version(client, model)
+    if now is None or str(now.version) != version:
+        raise RunStateError(
+            f"another promotion moved 'champion' of model {model!r} to version {now.version if now else 'none'} "
+            f"at the same time as this one set it to version {version}; the registry keeps the other one",
+            "look at the aliases (python leaderboard.py ...), then promote again if still wanted",
         )
 
 
@@ -162,7 +192,8 @@ def register(
 
     Raises:
         RunStateError: Another promotion of the model holds the lock, or the champion moved since
-            the gates were applied (nothing is changed in either case).
+            the gates were applied (the aliases are not changed), or another machine's promotion
+            moved it at the same time (:func:`confirm_champion`).
     """
     with model_lock(lock_dir, model):
         check_unchanged(client, model, expected_champion)
@@ -171,7 +202,10 @@ def register(
         source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
         tags = record_tags(gates)
         version = str(client.create_model_version(model, source, run_id=run_id, tags=tags).version)
+        # Optimistic check: the lock does not reach other machines of a tracking server.
+        check_unchanged(client, model, expected_champion, f"version {version} was registered but is not champion")
         set_champion(client, model, version, [v for v in history(client, model) if v != version])
+        confirm_champion(client, model, version)
         for key, value in {**tags, "podium.champion_of": f"{model} v{version}"}.items():
             client.set_tag(run_id, key, value)
         return version
@@ -199,6 +233,13 @@ def rollback(client: Any, model: str, lock_dir: Path) -> tuple[str, str]:
                 "promote a run instead (python promote.py experiment=<name> run=<id>)",
             )
         before = chain[:-2]
+        if str(getattr(champion_version(client, model), "version", "")) != str(current.version):
+            raise RunStateError(
+                f"the champion of model {model!r} moved while rolling back (it was version {current.version}); "
+                "nothing was changed",
+                "look at the aliases (python leaderboard.py ...), then roll back again if still wanted",
+            )
         set_champion(client, model, chain[-2], before)
+        confirm_champion(client, model, chain[-2])
         client.set_model_version_tag(model, str(current.version), "podium.rolled_back_at", utc_now())
         return str(current.version), chain[-2]
