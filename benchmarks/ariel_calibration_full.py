@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ariel_calibration import copy_bandwidth
 from record import Recorder
 
 from src.datamodules.ariel.chain import CalibrationChain, calibrate_planet
@@ -85,18 +86,6 @@ def decode_one(files: list[str]) -> float:
         for group in range(pf.num_row_groups):
             pf.read_row_group(group, use_threads=False)
     return time.perf_counter() - start
-
-
-def copy_bandwidth(mb: int = 256, repeats: int = 5) -> float:
-    """numpy copy throughput (MB copied per second, best of ``repeats``)."""
-    src = np.ones(mb * 2**20 // 8)
-    dst = np.empty_like(src)
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    return src.nbytes / 2**20 / best
 
 
 def pool(workers: int) -> ProcessPoolExecutor:
