@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -128,13 +129,17 @@ class PlanetCalibrator:
     axis: Any
     torch_device: str | None = None
 
+    @cached_property
+    def frontend(self) -> TorchFrontend | None:
+        """The torch path, made once per process that calibrates (None: numpy)."""
+        if self.torch_device is None:
+            return None
+        return TorchFrontend(split_steps(self.chain.steps)[0], self.torch_device)
+
     def __call__(self, job: PlanetJob) -> Arrays:
-        frontend = None
-        if self.torch_device is not None:
-            frontend = TorchFrontend(split_steps(self.chain.steps)[0], self.torch_device)
         arrays = calibrate_planet(
             self.layout, job.split, job.planet_id, self.visit, self.chain, self.settings, self.adc[job.split],
-            self.axis, self.chunk_frames, frontend,
+            self.axis, self.chunk_frames, self.frontend,
         )  # fmt: skip
         self.cache.store(job.split, job.planet_id, self.visit, job.fingerprint, arrays)
         return arrays
